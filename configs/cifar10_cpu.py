@@ -1,0 +1,33 @@
+"""Reduced scale that trains on 2 CPU cores: the shared CIFAR-10 JPEG images, 8 groups.
+
+  python -m dnn_jax.main --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu
+
+Data: ../shared/data/cifar10-jpeg/train (50,000 JPEG images; decoded once and cached in
+DIR/data_cache), 5,000 of them held out as the validation split (fixed seed). JPEG copies
+are not the paper's CIFAR-10: numbers here are not comparable with the paper's.
+Model: 8 groups, 2/4/8 channels per group (16/32/64 channels, ResNet-20's widths), 2 blocks
+per stage: 7 depths x 8 widths = 56 sub-networks.
+Recipe: SGD nesterov 0.9, batch 128, lr 0.1, cosine, weight decay 5e-4, crop + flip.
+"""
+
+from dnn_jax.config_base import base_config
+
+
+def get_config():
+  c = base_config()
+  c.data.source = "image_folder"
+  c.data.root = "../shared/data/cifar10-jpeg"
+  c.data.image_size = 32
+  c.data.eval_split = "validation"
+  c.data.validation_fraction = 0.1
+  c.data.augment = "crop_flip"
+  c.model.num_groups = 8
+  c.model.channels_per_group = (2, 4, 8)
+  c.model.blocks_per_stage = (2, 2, 2)
+  c.train.batch_size = 128
+  c.train.num_epochs = 15
+  c.train.learning_rate = 0.1
+  c.train.warmup_epochs = 0.5
+  c.train.log_every_steps = 50
+  c.checkpoint.every_steps = 250
+  return c

@@ -1,0 +1,48 @@
+"""Orbax checkpoints of the whole train state, with the config that produced it."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def manager(workdir: str, checkpoint_config=None) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=checkpoint_config.max_to_keep if checkpoint_config else None)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+                               options=options, item_names=("state", "config"))
+
+
+def save(mngr: ocp.CheckpointManager, state, config: ml_collections.ConfigDict,
+         class_names) -> None:
+  """Saves the state; the config and class names travel with it as JSON."""
+  step = int(jax.device_get(state.step))
+  meta = {"config": config.to_dict(), "class_names": list(class_names)}
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(meta)), force=True)
+
+
+def abstract_like(tree, sharding):
+  """Shape/dtype structs of `tree` carrying `sharding`: the restore target."""
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
+  """Restores the state at `step` (default: latest) into `abstract_state`'s shardings."""
+  step = mngr.latest_step() if step is None else step
+  return mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state))).state
+
+
+def restore_metadata(mngr: ocp.CheckpointManager, step: int | None = None
+                     ) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """(config, class_names) saved with the checkpoint at `step` (default: latest)."""
+  step = mngr.latest_step() if step is None else step
+  meta = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  return ml_collections.ConfigDict(meta["config"]), list(meta["class_names"])

@@ -1,0 +1,62 @@
+"""Every config field with its default; files in `configs/` start from `base_config()`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Fixes init, data order, augmentation and the validation split.
+
+  c.data = d = ml_collections.ConfigDict()
+  d.source = "digits"  # digits | tfds | image_folder
+  d.name = ""  # tfds: cifar10 | svhn_cropped
+  d.tfds_data_dir = ""  # tfds: prepared data dir ("" = TFDS_DATA_DIR or ~/tensorflow_datasets)
+  d.root = ""  # image_folder: a folder with train/<class>/* and optionally test/<class>/*
+  d.image_size = 0  # image_folder: expected height = width (0: take the first image's)
+  d.eval_split = "test"  # test | validation (carved from train)
+  d.validation_fraction = 0.1  # share of train held out when eval_split = validation
+  d.augment = "crop_flip"  # crop_flip | crop | none (crop: pad + random crop)
+  d.crop_padding = 4  # zero padding (pixels) before the random crop
+  d.mean = (125.3, 123.0, 113.9)  # per-channel input mean on the 0-255 scale
+  d.std = (63.0, 62.1, 66.7)  # per-channel input std on the 0-255 scale
+
+  c.model = m = ml_collections.ConfigDict()
+  m.num_groups = 22  # G: channel groups = width exits
+  m.channels_per_group = (1, 2, 4)  # per stage; stage channels = G * this
+  m.stage_channels = ()  # alternative: channels per stage (each divisible by num_groups)
+  m.blocks_per_stage = (5, 5, 5)  # residual blocks per stage; exits = 1 + sum
+  m.causal = True  # False: a plain network (baselines) with the same layout
+  m.shortcut = "projection"  # projection (causal 1x1 + BN) | pad (per-group zero pad)
+  m.head_reduction = "sum"  # sum | mean: Z_c = sum_{k<=c} P_k (or divided by c)
+  m.zero_init_residual = False  # zero-init the last BN scale of each block
+  m.bn_momentum = 0.9  # running-average decay of BatchNorm statistics
+  m.dtype = "float32"  # compute dtype: float32 | bfloat16
+
+  c.loss = l = ml_collections.ConfigDict()
+  # Weights lambda(l, c) of the joint loss (paper eq. 2): uniform | linear (l * c) |
+  # final (full exit only: plain training) | full_width (depth-only anytime) |
+  # full_depth (width-only) | explicit (lambda_grid).
+  l.lambda_scheme = "uniform"
+  l.lambda_grid = ()  # explicit: depths x widths nested list of non-negative weights
+  l.label_smoothing = 0.0
+
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 128  # global batch, split over all devices
+  t.num_epochs = 180.0
+  t.num_steps = 0  # > 0 overrides num_epochs
+  t.learning_rate = 0.1
+  t.schedule = "cosine"  # cosine | step (x0.1 at 50% and 75%) | constant
+  t.warmup_epochs = 1.0
+  t.momentum = 0.9
+  t.nesterov = True
+  t.weight_decay = 5e-4  # on conv and head kernels only
+  t.log_every_steps = 50
+  t.eval_every_steps = 0  # 0: evaluate only at the end
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 500  # padded and masked: no example is dropped
+
+  c.checkpoint = k = ml_collections.ConfigDict()
+  k.every_steps = 1000
+  k.max_to_keep = 3
+  return c

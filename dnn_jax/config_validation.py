@@ -1,0 +1,115 @@
+"""Checks a config before anything is compiled; raises ConfigError naming the field."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from dnn_jax.errors import ConfigError
+
+SOURCES = ("digits", "tfds", "image_folder")
+TFDS_NAMES = ("cifar10", "svhn_cropped")
+EVAL_SPLITS = ("test", "validation")
+AUGMENTS = ("crop_flip", "crop", "none")
+LAMBDA_SCHEMES = ("uniform", "linear", "final", "full_width", "full_depth", "explicit")
+SCHEDULES = ("cosine", "step", "constant")
+DTYPES = ("float32", "bfloat16")
+
+
+def _require(ok: bool, field: str, message: str):
+  if not ok:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def _one_of(value, field: str, choices):
+  _require(value in choices, field, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def _positive_ints(values, field: str, allow_zero: bool = False):
+  values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+  lo = 0 if allow_zero else 1
+  _require(len(values) > 0 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                   and v >= lo for v in values),
+           field, f"{values!r} must be {'non-negative' if allow_zero else 'positive'} integers")
+
+
+def validate(config, device_count: int | None = None) -> None:
+  """Raises ConfigError for the first invalid field found."""
+  device_count = device_count or jax.device_count()
+  d, m, l, t = config.data, config.model, config.loss, config.train
+
+  _one_of(d.source, "data.source", SOURCES)
+  if d.source == "tfds":
+    _one_of(d.name, "data.name", TFDS_NAMES)
+    _require(not d.tfds_data_dir or os.path.isdir(os.path.expanduser(d.tfds_data_dir)),
+             "data.tfds_data_dir", f"{d.tfds_data_dir!r} is not a directory")
+  if d.source == "image_folder":
+    _require(bool(d.root), "data.root", "must name a folder with train/<class>/* images")
+    root = os.path.expanduser(d.root)
+    _require(os.path.isdir(root), "data.root", f"{d.root!r} is not a directory")
+    _require(os.path.isdir(os.path.join(root, "train")), "data.root",
+             f"{d.root!r} has no train/ folder (expected train/<class>/*.jpg)")
+  _one_of(d.eval_split, "data.eval_split", EVAL_SPLITS)
+  _require(0.0 < d.validation_fraction < 1.0, "data.validation_fraction",
+           f"{d.validation_fraction} must be in (0, 1)")
+  _one_of(d.augment, "data.augment", AUGMENTS)
+  _positive_ints(d.crop_padding, "data.crop_padding", allow_zero=True)
+  _positive_ints(d.image_size, "data.image_size", allow_zero=True)
+  _require(len(d.mean) == len(d.std) and len(d.mean) > 0, "data.mean",
+           "data.mean and data.std need the same, non-zero length")
+  _require(all(s > 0 for s in d.std), "data.std", f"{tuple(d.std)} must be positive")
+
+  _positive_ints(m.num_groups, "model.num_groups")
+  _positive_ints(m.blocks_per_stage, "model.blocks_per_stage", allow_zero=True)
+  if m.stage_channels:
+    _positive_ints(m.stage_channels, "model.stage_channels")
+    for s, c in enumerate(m.stage_channels):
+      _require(c % m.num_groups == 0, "model.stage_channels",
+               f"stage {s + 1} has {c} channels, not divisible into "
+               f"model.num_groups={m.num_groups} groups")
+    stages = len(m.stage_channels)
+  else:
+    _positive_ints(m.channels_per_group, "model.channels_per_group")
+    stages = len(m.channels_per_group)
+  _require(stages == len(m.blocks_per_stage), "model.blocks_per_stage",
+           f"has {len(m.blocks_per_stage)} stages but the channel layout has {stages}")
+  _one_of(m.shortcut, "model.shortcut", ("projection", "pad"))
+  _one_of(m.head_reduction, "model.head_reduction", ("sum", "mean"))
+  _one_of(m.dtype, "model.dtype", DTYPES)
+  _require(0.0 <= m.bn_momentum < 1.0, "model.bn_momentum", f"{m.bn_momentum} not in [0, 1)")
+
+  _one_of(l.lambda_scheme, "loss.lambda_scheme", LAMBDA_SCHEMES)
+  depths, widths = 1 + sum(m.blocks_per_stage), m.num_groups
+  if l.lambda_scheme == "explicit":
+    try:
+      grid = np.asarray(l.lambda_grid, np.float64)
+    except (TypeError, ValueError):
+      grid = np.zeros((0,))
+    _require(grid.shape == (depths, widths), "loss.lambda_grid",
+             f"shape {grid.shape} does not match the exit grid ({depths} depths, {widths} widths)")
+    _require(bool(np.all(grid >= 0)) and grid.sum() > 0, "loss.lambda_grid",
+             "weights must be non-negative with a positive sum")
+  _require(0.0 <= l.label_smoothing < 1.0, "loss.label_smoothing",
+           f"{l.label_smoothing} not in [0, 1)")
+
+  _positive_ints(t.batch_size, "train.batch_size")
+  _require(t.batch_size % device_count == 0, "train.batch_size",
+           f"{t.batch_size} is not divisible by the {device_count} devices")
+  _require(t.num_steps > 0 or t.num_epochs > 0, "train.num_epochs",
+           f"{t.num_epochs} must be positive (or set train.num_steps)")
+  _positive_ints(t.num_steps, "train.num_steps", allow_zero=True)
+  _require(t.learning_rate > 0, "train.learning_rate", f"{t.learning_rate} must be positive")
+  _one_of(t.schedule, "train.schedule", SCHEDULES)
+  _require(t.warmup_epochs >= 0, "train.warmup_epochs", f"{t.warmup_epochs} is negative")
+  _require(0.0 <= t.momentum < 1.0, "train.momentum", f"{t.momentum} not in [0, 1)")
+  _require(t.weight_decay >= 0, "train.weight_decay", f"{t.weight_decay} is negative")
+  _positive_ints(t.log_every_steps, "train.log_every_steps")
+  _positive_ints(t.eval_every_steps, "train.eval_every_steps", allow_zero=True)
+
+  _positive_ints(config.eval.batch_size, "eval.batch_size")
+  _require(config.eval.batch_size % device_count == 0, "eval.batch_size",
+           f"{config.eval.batch_size} is not divisible by the {device_count} devices")
+  _positive_ints(config.checkpoint.every_steps, "checkpoint.every_steps")
+  _positive_ints(config.checkpoint.max_to_keep, "checkpoint.max_to_keep")

@@ -1,0 +1,76 @@
+"""Accuracy grid of every (depth, width) sub-network from the latest checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from dnn_jax import checkpointing
+from dnn_jax import config_validation
+from dnn_jax import input_pipeline
+from dnn_jax import plots
+from dnn_jax import train
+from dnn_jax.errors import DataError, UserError
+
+
+def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channels: int,
+                    step: int | None = None):
+  """Restores (setup, variables, step, saved_config, class_names) from DIR/checkpoints.
+
+  The model comes from the config saved with the checkpoint, so evaluating with a config
+  whose `model` fields differ still rebuilds the network that was trained.
+  """
+  ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  if not os.path.isdir(ckpt_dir):
+    raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+  mngr = checkpointing.manager(workdir)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+    saved, class_names = checkpointing.restore_metadata(mngr, step)
+    if json.loads(config.model.to_json()) != json.loads(saved.model.to_json()):
+      train.log("Note: using the model config saved with the checkpoint, not the given one.")
+    run_config = config.copy_and_resolve_references()
+    run_config.model = saved.model
+    setup = train.make_setup(run_config, len(class_names), num_channels)
+    tx = train.create_optimizer(saved.train, optax.constant_schedule(0.0))  # Structure only.
+    # Parameter shapes do not depend on the image size: any spatial size gives the target.
+    _, _, abstract = train.abstract_state(setup, tx, (8, 8, num_channels), config.seed)
+    state = checkpointing.restore(mngr, abstract, step)
+  finally:
+    mngr.close()
+  return setup, train.variables(state), step, saved, class_names
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Writes DIR/eval/grid.json and DIR/eval/accuracy.png; returns the grid record."""
+  config_validation.validate(config)
+  dataset = input_pipeline.load_dataset(config.data, workdir)
+  channels = dataset.eval.images.shape[-1]
+  setup, variables, step, _, class_names = load_checkpoint(config, workdir, channels)
+  if tuple(class_names) != dataset.class_names:
+    raise DataError(f"the checkpoint's classes {class_names} differ from the data's "
+                    f"{list(dataset.class_names)}")
+  grid = setup.accuracy_grid(variables, dataset.eval, config.eval.batch_size)
+  depths, widths = grid.shape
+  record = {"depths": list(range(1, depths + 1)), "widths": list(range(1, widths + 1)),
+            "accuracy": grid.round(6).tolist(), "split": dataset.eval_split,
+            "num_examples": len(dataset.eval), "checkpoint_step": int(step)}
+  if jax.process_index() == 0:
+    out = os.path.join(workdir, "eval")
+    os.makedirs(out, exist_ok=True)
+    plots.grid_heatmap(grid, os.path.join(out, "accuracy.png"),
+                       f"{dataset.eval_split} accuracy (%) per sub-network, step {step}",
+                       scale=100.0, fmt="{:.0f}" if widths > 12 else "{:.1f}",
+                       cbar_label="accuracy (%)")
+    train.write_json(os.path.join(out, "grid.json"), record)
+  train.log(f"Evaluated step {step} on {len(dataset.eval):,} {dataset.eval_split} examples: "
+            f"full exit {grid[-1, -1]:.4f}, smallest exit {grid[0, 0]:.4f}, "
+            f"grid mean {grid.mean():.4f}")
+  return record

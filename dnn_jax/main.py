@@ -1,0 +1,44 @@
+"""Command line: `python -m dnn_jax.main --config=configs/digits.py --workdir=DIR`."""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dnn_jax.errors import UserError
+
+MODES = ("train", "eval")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here.")
+_MODE = flags.DEFINE_enum("mode", "train", MODES,
+                          "train: train (resuming from DIR), then evaluate; eval: evaluate only.")
+
+
+def run(config, workdir: str, mode: str) -> None:
+  from dnn_jax import config_validation, evaluate, train
+  config_validation.validate(config)  # Before anything is compiled.
+  if mode == "train":
+    train.train_and_evaluate(config, workdir)
+  evaluate.evaluate(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  try:
+    run(_CONFIG.value, os.path.expanduser(_WORKDIR.value), _MODE.value)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,245 @@
+"""Channel-causal doubly nested ResNet (DNNet) in Flax Linen.
+
+Every layer's channels are split into `num_groups` ordered groups; group i of stage s
+holds channels [i * cpg_s, (i + 1) * cpg_s). A channel-causal conv computes output
+group i only from input groups 1..i (a block-lower-triangular mask on the kernel's
+(C_in, C_out) axes). With an exit after the stem and after every residual block, and a
+per-group classifier whose partial logits are summed cumulatively over groups, one
+forward pass yields the logits of every (depth, width) sub-network: `logits_BxLxGxK`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HEAD_REDUCTIONS = ("sum", "mean")
+SHORTCUTS = ("projection", "pad")
+
+
+def group_mask(cin: int, cout: int, num_groups: int, *, grouped_input: bool = True,
+               causal: bool = True) -> np.ndarray:
+  """Bool (C_in, C_out) mask: True where output channel may read input channel."""
+  if not causal or not grouped_input:
+    return np.ones((cin, cout), bool)
+  g_in = np.arange(cin) // (cin // num_groups)
+  g_out = np.arange(cout) // (cout // num_groups)
+  return g_in[:, None] <= g_out[None, :]
+
+
+def masked_he_normal(mask: np.ndarray):
+  """He-normal init using each output channel's *visible* fan-in; masked taps are zero."""
+
+  def init(key, shape, dtype=jnp.float32):
+    kh, kw, cin, cout = shape
+    fan_in = kh * kw * mask.sum(axis=0)  # (C_out,)
+    std = np.sqrt(2.0 / fan_in).astype(np.float32)
+    w = jax.random.normal(key, shape, jnp.float32) * std
+    return (w * mask).astype(dtype)
+
+  return init
+
+
+class CausalConv(nn.Module):
+  """Conv whose output group i reads only input groups 1..i (no bias: BN follows)."""
+  features: int
+  kernel_size: int
+  strides: int = 1
+  num_groups: int = 1
+  grouped_input: bool = True  # False for the image: every group sees all its channels.
+  causal: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    cin, k = x_BxHxWxC.shape[-1], self.kernel_size
+    mask = group_mask(cin, self.features, self.num_groups,
+                      grouped_input=self.grouped_input, causal=self.causal)
+    kernel = self.param("kernel", masked_he_normal(mask), (k, k, cin, self.features))
+    if not mask.all():
+      # Multiplying by the mask in the forward pass also zeroes the masked taps' gradients,
+      # so they stay exactly zero (weight decay keeps zero at zero).
+      kernel = kernel * jnp.asarray(mask, kernel.dtype)
+    pad = k // 2
+    return jax.lax.conv_general_dilated(
+        x_BxHxWxC.astype(self.dtype), kernel.astype(self.dtype),
+        window_strides=(self.strides, self.strides), padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def group_pad_shortcut(x_BxHxWxC: jax.Array, features: int, num_groups: int,
+                       strides: int) -> jax.Array:
+  """Parameter-free shortcut: subsample, then zero-pad *each group* to its new width.
+
+  Padding per group (not at the end of the channel axis) keeps old group k in new group k.
+  """
+  x = x_BxHxWxC[:, ::strides, ::strides, :]
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, num_groups, c // num_groups)
+  x = jnp.pad(x, ((0, 0),) * 4 + ((0, features // num_groups - c // num_groups),))
+  return x.reshape(b, h, w, features)
+
+
+class ResidualBlock(nn.Module):
+  """Post-activation basic block (He et al. CIFAR ResNet) made channel-causal."""
+  features: int
+  strides: int
+  num_groups: int
+  causal: bool = True
+  shortcut: str = "projection"
+  zero_init_residual: bool = False
+  bn_momentum: float = 0.9
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = lambda s, k, name: CausalConv(self.features, k, s, self.num_groups,
+                                         causal=self.causal, dtype=self.dtype, name=name)
+    norm = lambda name, **kw: nn.BatchNorm(not train, momentum=self.bn_momentum,
+                                           epsilon=1e-5, dtype=self.dtype, name=name, **kw)
+    y = nn.relu(norm("bn1")(conv(self.strides, 3, "conv1")(x)))
+    y = conv(1, 3, "conv2")(y)
+    y = norm("bn2", scale_init=(nn.initializers.zeros if self.zero_init_residual
+                                else nn.initializers.ones))(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      if self.shortcut == "projection":
+        x = norm("proj_bn")(conv(self.strides, 1, "proj")(x))
+      else:
+        x = group_pad_shortcut(x, self.features, self.num_groups, self.strides)
+    return nn.relu(y + x)
+
+
+class ExitHead(nn.Module):
+  """Shared output stage of one depth: per-group linear maps, cumulative over groups.
+
+  Returns logits_BxGxK where [:, c - 1] is the width-c sub-network's logits
+  Z_c = sum_{k <= c} W_k f_k + b_k (divided by c when reduction == 'mean').
+  """
+  num_groups: int
+  num_classes: int
+  reduction: str = "sum"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    b, c = x_BxHxWxC.shape[0], x_BxHxWxC.shape[-1]
+    g = self.num_groups
+    f_BxGxD = jnp.mean(x_BxHxWxC, axis=(1, 2)).reshape(b, g, c // g)
+    # LeCun-normal over the full width's C inputs: the widest exit starts as a standard
+    # dense classifier. (Zero init, as in big_vision, starves the backbone of gradient at
+    # the start when the loss is spread over many exits: measured to learn far slower.)
+    w_GxDxK = self.param("kernel", nn.initializers.normal(1.0 / np.sqrt(c)),
+                         (g, c // g, self.num_classes))
+    b_GxK = self.param("bias", nn.initializers.zeros, (g, self.num_classes))
+    p_BxGxK = jnp.einsum("bgd,gdk->bgk", f_BxGxD.astype(jnp.float32), w_GxDxK) + b_GxK
+    z_BxGxK = jnp.cumsum(p_BxGxK, axis=1)
+    if self.reduction == "mean":
+      z_BxGxK = z_BxGxK / jnp.arange(1, g + 1, dtype=z_BxGxK.dtype)[None, :, None]
+    return z_BxGxK
+
+
+class DNNet(nn.Module):
+  """Doubly nested ResNet: returns logits_BxLxGxK for all L depths and G widths.
+
+  `depth` < the full number of exits builds only the first `depth` exits (the blocks
+  they need and their heads): the depth-sliced sub-network.
+  """
+  num_classes: int
+  num_groups: int
+  channels_per_group: Sequence[int]  # per stage
+  blocks_per_stage: Sequence[int]
+  depth: int | None = None
+  causal: bool = True
+  shortcut: str = "projection"
+  head_reduction: str = "sum"
+  zero_init_residual: bool = False
+  bn_momentum: float = 0.9
+  input_mean: Sequence[float] = (127.5,)
+  input_std: Sequence[float] = (64.0,)
+  dtype: Any = jnp.float32
+
+  @property
+  def num_exits(self) -> int:
+    return 1 + sum(self.blocks_per_stage)
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
+    depth = self.num_exits if self.depth is None else self.depth
+    g = self.num_groups
+    x = (images_BxHxWxC.astype(jnp.float32) - jnp.asarray(self.input_mean)) / jnp.asarray(
+        self.input_std)
+    x = CausalConv(g * self.channels_per_group[0], 3, 1, g, grouped_input=False,
+                   causal=self.causal, dtype=self.dtype, name="stem")(x)
+    x = nn.relu(nn.BatchNorm(not train, momentum=self.bn_momentum, epsilon=1e-5,
+                             dtype=self.dtype, name="stem_bn")(x))
+    head = lambda i: ExitHead(g, self.num_classes, self.head_reduction, self.dtype,
+                              name=f"exit_{i}")
+    logits = [head(1)(x)]
+    exit_index = 1
+    for stage, (cpg, n_blocks) in enumerate(zip(self.channels_per_group, self.blocks_per_stage)):
+      for b in range(n_blocks):
+        if exit_index >= depth:
+          break
+        x = ResidualBlock(g * cpg, 2 if (stage > 0 and b == 0) else 1, g, self.causal,
+                          self.shortcut, self.zero_init_residual, self.bn_momentum,
+                          self.dtype, name=f"block_{exit_index}")(x, train)
+        exit_index += 1
+        logits.append(head(exit_index)(x))
+    return jnp.stack(logits, axis=1)
+
+
+def create_model(model_config, num_classes: int, *, depth: int | None = None,
+                 num_groups: int | None = None, input_mean=None, input_std=None) -> DNNet:
+  """Builds the DNNet a config describes; `depth`/`num_groups` give a sliced sub-network."""
+  return DNNet(
+      num_classes=num_classes,
+      num_groups=num_groups or model_config.num_groups,
+      channels_per_group=channels_per_group(model_config),
+      blocks_per_stage=tuple(model_config.blocks_per_stage),
+      depth=depth,
+      causal=model_config.causal,
+      shortcut=model_config.shortcut,
+      head_reduction=model_config.head_reduction,
+      zero_init_residual=model_config.zero_init_residual,
+      bn_momentum=model_config.bn_momentum,
+      input_mean=tuple(input_mean) if input_mean is not None else (127.5,),
+      input_std=tuple(input_std) if input_std is not None else (64.0,),
+      dtype=jnp.dtype(model_config.dtype))
+
+
+def channels_per_group(model_config) -> tuple[int, ...]:
+  """Channels per group of each stage (from `stage_channels` when that is set)."""
+  if model_config.stage_channels:
+    return tuple(c // model_config.num_groups for c in model_config.stage_channels)
+  return tuple(model_config.channels_per_group)
+
+
+def grid_shape(model_config) -> tuple[int, int]:
+  """(depths, widths) of the exit grid a model config defines."""
+  return 1 + sum(model_config.blocks_per_stage), model_config.num_groups
+
+
+def kernel_masks(params, model_config) -> dict:
+  """Bool masks (same tree as `params`) of the weights that can be non-zero."""
+  g, causal = model_config.num_groups, model_config.causal
+
+  def mask(path, leaf):
+    names = [getattr(p, "key", str(p)) for p in path]
+    if names[-1] == "kernel" and leaf.ndim == 4:
+      m = group_mask(leaf.shape[2], leaf.shape[3], g, grouped_input=names[0] != "stem",
+                     causal=causal)
+      return np.broadcast_to(m, leaf.shape)
+    return np.ones(leaf.shape, bool)
+
+  return jax.tree_util.tree_map_with_path(mask, params)
+
+
+def count_params(params, model_config=None) -> int:
+  """Number of parameters; with `model_config`, only those the causal masks keep."""
+  if model_config is None:
+    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+  return int(sum(m.sum() for m in jax.tree_util.tree_leaves(kernel_masks(params, model_config))))

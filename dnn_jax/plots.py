@@ -1,0 +1,38 @@
+"""Annotated depth x width heatmaps."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def grid_heatmap(values_LxG, path: str, title: str, *, fmt: str = "{:.1f}",
+                 scale: float = 1.0, cbar_label: str = "") -> None:
+  """Writes a heatmap of a depths x widths grid (row 1 = shallowest exit) to `path`."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  values = np.asarray(values_LxG, np.float64) * scale
+  depths, widths = values.shape
+  fig, ax = plt.subplots(figsize=(1.5 + 0.42 * max(widths, 10), 1.0 + 0.36 * max(depths, 6)))
+  im = ax.imshow(values, origin="lower", cmap="viridis", aspect="auto")
+  ax.set_xticks(range(widths), [str(w + 1) for w in range(widths)])
+  ax.set_yticks(range(depths), [str(d + 1) for d in range(depths)])
+  ax.set_xlabel("width (channel groups)")
+  ax.set_ylabel("depth (exit)")
+  ax.set_title(title)
+  lo, hi = np.nanmin(values), np.nanmax(values)
+  font = 8 if widths <= 12 else 5
+  for d in range(depths):
+    for w in range(widths):
+      v = values[d, w]
+      dark = (v - lo) < 0.6 * (hi - lo) if hi > lo else True
+      ax.text(w, d, fmt.format(v), ha="center", va="center", fontsize=font,
+              color="white" if dark else "black")
+  fig.colorbar(im, ax=ax, label=cbar_label)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  os.replace(tmp, path)

@@ -1,0 +1,86 @@
+"""Command line: bad configs fail early with one line and exit code 2; configs validate."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dnn_jax import config_validation
+from dnn_jax.errors import ConfigError
+from tests.conftest import ROOT
+
+CONFIGS = ["digits", "cifar10", "cifar10_cpu", "svhn", "tiny"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_are_valid(name, tmp_path):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  if config.data.source == "image_folder":  # Its data lives outside the repository.
+    os.makedirs(tmp_path / "train")
+    config.data.root = str(tmp_path)
+  config_validation.validate(config, device_count=1)
+
+
+BAD = [  # (overrides, the field the error must name)
+    ({"model.stage_channels": (16, 32), "model.num_groups": 3}, "model.stage_channels"),
+    ({"data.source": "mnist"}, "data.source"),
+    ({"data.source": "tfds", "data.name": "imagenet"}, "data.name"),
+    ({"train.batch_size": 30}, "train.batch_size"),  # 4 devices below
+    ({"data.source": "image_folder", "data.root": "/nonexistent/folder"}, "data.root"),
+    ({"train.batch_size": 0}, "train.batch_size"),
+    ({"model.channels_per_group": (2, 0)}, "model.channels_per_group"),
+    ({"model.num_groups": -2}, "model.num_groups"),
+    ({"loss.lambda_scheme": "explicit", "loss.lambda_grid": ((1.0, 1.0),)}, "loss.lambda_grid"),
+    ({"loss.lambda_scheme": "explicit", "loss.lambda_grid": ((1, 1), (1, -1), (0, 0))},
+     "loss.lambda_grid"),
+    ({"train.learning_rate": -0.1}, "train.learning_rate"),
+    ({"eval.batch_size": 6}, "eval.batch_size"),
+    ({"data.eval_split": "train"}, "data.eval_split"),
+    ({"model.blocks_per_stage": (1, 1, 1)}, "model.blocks_per_stage"),
+]
+
+
+@pytest.mark.parametrize("overrides,field", BAD)
+def test_invalid_fields_are_named(tiny_config, overrides, field):
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    tiny_config[section][name] = value
+  with pytest.raises(ConfigError, match=f"^config.{field}: "):
+    config_validation.validate(tiny_config, device_count=4)
+
+
+def _main(*args, **env):
+  return subprocess.run([sys.executable, "-m", "dnn_jax.main", *args], cwd=ROOT, text=True,
+                        capture_output=True, env=dict(os.environ, **env), timeout=300)
+
+
+@pytest.mark.parametrize("override,field", [
+    ("--config.model.stage_channels=(16,31)", "config.model.stage_channels"),
+    ("--config.loss.lambda_scheme=explicit", "config.loss.lambda_grid"),
+    ("--config.data.source=image_folder", "config.data.root"),
+])
+def test_cli_bad_config_is_one_line_and_exit_code_2(tmp_path, override, field):
+  extra = ["--config.model.blocks_per_stage=(1,1)"] if "stage_channels" in override else []
+  result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", override, *extra)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {field}: "), result.stderr
+  assert "Traceback" not in result.stderr
+  assert not os.listdir(tmp_path)  # Nothing written.
+
+
+def test_cli_eval_without_a_checkpoint_fails_cleanly(tmp_path):
+  result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--mode=eval")
+  assert result.returncode == 2 and "no checkpoint in" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_cli_trains_then_evaluates(tmp_path):
+  result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}",
+                 "--config.train.num_steps=6")
+  assert result.returncode == 0, result.stderr
+  assert "step 6/6" in result.stdout and "Evaluated step 6" in result.stdout
+  assert os.path.exists(tmp_path / "eval" / "grid.json")
+  assert os.path.exists(tmp_path / "train_summary.json")

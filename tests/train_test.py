@@ -1,0 +1,154 @@
+"""The real training loop on shrunk configs: learning, checkpoints, resume, devices."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from dnn_jax import evaluate
+from dnn_jax import train
+from tests.conftest import ROOT
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def _restore_params(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def test_lambda_schemes():
+  cfg = train.ml_collections.ConfigDict({"lambda_scheme": "uniform", "lambda_grid": ()})
+  np.testing.assert_array_equal(train.lambda_grid(cfg, 3, 2), np.ones((3, 2)))
+  cfg.lambda_scheme = "linear"
+  lam = train.lambda_grid(cfg, 3, 2)
+  assert lam[-1, -1] == lam.max() and lam[0, 0] == lam.min()
+  cfg.lambda_scheme = "final"
+  assert train.lambda_grid(cfg, 3, 2).sum() == 1 and train.lambda_grid(cfg, 3, 2)[-1, -1] == 1
+  cfg.lambda_scheme = "full_width"
+  np.testing.assert_array_equal(train.lambda_grid(cfg, 3, 2)[:, -1], 1)
+  cfg.lambda_scheme, cfg.lambda_grid = "explicit", ((0, 1), (2, 3), (4, 5))
+  np.testing.assert_array_equal(train.lambda_grid(cfg, 3, 2), np.arange(6).reshape(3, 2))
+
+
+def test_joint_loss_is_the_lambda_weighted_mean_of_exit_losses():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(4, 3, 2, 5)).astype(np.float32)
+  labels = np.array([0, 1, 4, 2])
+  lam = np.array([[0, 1], [2, 3], [4, 5]], np.float32)
+  loss, ce = train.joint_loss(logits, labels, lam)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce_ref = -np.take_along_axis(log_p, labels[:, None, None, None], -1)[..., 0].mean(0)
+  np.testing.assert_allclose(ce, ce_ref, rtol=1e-5)
+  np.testing.assert_allclose(loss, (lam * ce_ref).sum() / lam.sum(), rtol=1e-5)
+
+
+def test_training_lowers_the_loss_and_writes_its_outputs(tiny_config, tmp_path):
+  tiny_config.train.num_steps = 150
+  workdir = str(tmp_path)
+  summary = train.train_and_evaluate(tiny_config, workdir)
+  assert summary["final_step"] == 150
+  records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert records[-1]["loss"] < records[0]["loss"] - 0.3
+  assert {"loss", "learning_rate", "images_per_second", "full_exit_accuracy"} <= set(records[0])
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "train_summary.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk["params_sha256"] == summary["params_sha256"]
+  assert {"final_step", "wall_seconds", "params_sha256"} <= set(on_disk)
+
+  record = evaluate.evaluate(tiny_config, workdir)
+  with open(os.path.join(workdir, "eval", "grid.json")) as f:
+    grid = json.load(f)
+  assert grid == record
+  assert grid["depths"] == [1, 2, 3] and grid["widths"] == [1, 2]
+  assert grid["num_examples"] == 359 and grid["split"] == "test"
+  assert grid["checkpoint_step"] == 150
+  acc = np.array(grid["accuracy"])
+  assert acc.shape == (3, 2) and acc[-1, -1] > 0.5
+  assert os.path.getsize(os.path.join(workdir, "eval", "accuracy.png")) > 1000
+
+
+def test_same_seed_same_run_and_resume_equals_uninterrupted(tiny_config, tmp_path):
+  full = str(tmp_path / "full")
+  a = train.train_and_evaluate(tiny_config, full)
+  again = train.train_and_evaluate(tiny_config.copy_and_resolve_references(),
+                                   str(tmp_path / "again"))
+  assert again["params_sha256"] == a["params_sha256"]
+
+  # Interrupted after step 10: only the checkpoints up to 10 exist; the same command resumes.
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(os.path.join(full, "checkpoints"), os.path.join(resumed, "checkpoints"))
+  for step in os.listdir(os.path.join(resumed, "checkpoints")):
+    if step.isdigit() and int(step) > 10:
+      shutil.rmtree(os.path.join(resumed, "checkpoints", step))
+  b = train.train_and_evaluate(tiny_config, resumed)
+  assert b["resumed_from_step"] == 10 and b["final_step"] == 20
+  assert b["params_sha256"] == a["params_sha256"]
+
+  # A finished run is not trained further by the same command.
+  c = train.train_and_evaluate(tiny_config, full)
+  assert c["resumed_from_step"] == 20 and c["params_sha256"] == a["params_sha256"]
+
+
+def test_checkpoint_round_trip_restores_every_array(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  tiny_config.train.num_steps = 5
+  train.train_and_evaluate(tiny_config, workdir)
+  _, variables, step, saved, class_names = evaluate.load_checkpoint(tiny_config, workdir, 1)
+  assert step == 5 and class_names == [str(i) for i in range(10)]
+  assert json.loads(saved.to_json()) == json.loads(tiny_config.to_json())
+  on_disk = _restore_params(workdir, 5)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(variables["params"]),
+                         on_disk)
+
+
+def test_evaluation_uses_the_saved_model_config(tiny_config, tmp_path):
+  workdir = str(tmp_path)
+  tiny_config.train.num_steps = 3
+  train.train_and_evaluate(tiny_config, workdir)
+  other = tiny_config.copy_and_resolve_references()
+  other.model.num_groups = 4
+  assert np.array(evaluate.evaluate(other, workdir)["accuracy"]).shape == (3, 2)
+
+
+_DEVICE_SCRIPT = """
+import sys
+from configs import tiny
+from dnn_jax import train
+import jax
+import numpy as np
+assert jax.device_count() == int(sys.argv[2]), jax.devices()
+c = tiny.get_config()
+c.train.num_steps = 8
+c.train.batch_size = 32
+train.train_and_evaluate(c, sys.argv[1])
+from dnn_jax import evaluate
+_, variables, _, _, _ = evaluate.load_checkpoint(c, sys.argv[1], 1)
+flat = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]
+np.savez(sys.argv[1] + "/variables.npz", **{jax.tree_util.keystr(p): x for p, x in flat})
+"""
+
+
+def test_one_and_four_devices_train_the_same_model(tmp_path):
+  runs = {}
+  for n in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    workdir = str(tmp_path / f"d{n}")
+    subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT, workdir, str(n)], cwd=ROOT, env=env,
+                   check=True, capture_output=True, text=True)
+    with np.load(os.path.join(workdir, "variables.npz")) as z:
+      runs[n] = dict(z)
+  assert runs[1].keys() == runs[4].keys() and len(runs[1]) > 20
+  for name in runs[1]:  # Parameters and BN statistics.
+    np.testing.assert_allclose(runs[1][name], runs[4][name], atol=2e-5, rtol=1e-4, err_msg=name)
