@@ -39,6 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
   l.lambda_scheme = "uniform"
   l.lambda_grid = ()  # explicit: depths x widths nested list of non-negative weights
   l.label_smoothing = 0.0
+  l.distill_weight = 0.0  # a: sub-exits learn (1 - a) CE + a KL(full exit || exit)
+  l.distill_temperature = 1.0  # T of that distillation
 
   c.train = t = ml_collections.ConfigDict()
   t.batch_size = 128  # global batch, split over all devices

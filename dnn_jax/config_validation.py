@@ -94,6 +94,11 @@ def validate(config, device_count: int | None = None) -> None:
   _require(0.0 <= l.label_smoothing < 1.0, "loss.label_smoothing",
            f"{l.label_smoothing} not in [0, 1)")
 
+  _require(0.0 <= l.distill_weight <= 1.0, "loss.distill_weight",
+           f"{l.distill_weight} not in [0, 1]")
+  _require(l.distill_temperature > 0, "loss.distill_temperature",
+           f"{l.distill_temperature} must be positive")
+
   _positive_ints(t.batch_size, "train.batch_size")
   _require(t.batch_size % device_count == 0, "train.batch_size",
            f"{t.batch_size} is not divisible by the {device_count} devices")

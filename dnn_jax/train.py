@@ -64,14 +64,27 @@ def lambda_grid(loss_config, depths: int, widths: int) -> np.ndarray:
 
 
 def joint_loss(logits_BxLxGxK: jax.Array, labels_B: jax.Array, lam_LxG: jax.Array,
-               label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """Paper eq. 2: sum(lambda * CE) / sum(lambda); also returns the CE grid."""
+               label_smoothing: float = 0.0, distill_weight: float = 0.0,
+               distill_temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Paper eq. 2: sum(lambda * L) / sum(lambda); also returns the cross-entropy grid.
+
+  With `distill_weight` a > 0, every exit but the full one learns from
+  (1 - a) * CE + a * T^2 * KL(full exit || exit) at temperature T, the full exit's
+  prediction held fixed (in-place distillation, as in slimmable networks).
+  """
   k = logits_BxLxGxK.shape[-1]
+  logits = logits_BxLxGxK.astype(jnp.float32)
   targets_BxK = optax.smooth_labels(jax.nn.one_hot(labels_B, k), label_smoothing)
-  ce_BxLxG = optax.softmax_cross_entropy(logits_BxLxGxK.astype(jnp.float32),
-                                         targets_BxK[:, None, None, :])
-  ce_LxG = ce_BxLxG.mean(axis=0)
-  return jnp.sum(lam_LxG * ce_LxG) / jnp.sum(lam_LxG), ce_LxG
+  ce_LxG = optax.softmax_cross_entropy(logits, targets_BxK[:, None, None, :]).mean(axis=0)
+  per_exit_LxG = ce_LxG
+  if distill_weight > 0:
+    t = distill_temperature
+    teacher_BxK = jax.lax.stop_gradient(jax.nn.softmax(logits[:, -1, -1] / t))
+    kl_LxG = (t * t) * optax.kl_divergence(jax.nn.log_softmax(logits / t),
+                                           teacher_BxK[:, None, None, :]).mean(axis=0)
+    per_exit_LxG = ((1 - distill_weight) * ce_LxG + distill_weight * kl_LxG).at[-1, -1].set(
+        ce_LxG[-1, -1])
+  return jnp.sum(lam_LxG * per_exit_LxG) / jnp.sum(lam_LxG), ce_LxG
 
 
 def learning_rate_schedule(train_config, steps_per_epoch: int, total_steps: int):
@@ -105,7 +118,7 @@ def init_state(model: models.DNNet, tx, key: jax.Array, image_shape) -> TrainSta
 
 
 def train_step(state: TrainState, images_BxHxWxC: jax.Array, labels_B: jax.Array, *,
-               lam_LxG: np.ndarray, seed: int, data_config, label_smoothing: float):
+               lam_LxG: np.ndarray, seed: int, data_config, loss_config):
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _AUGMENT_STREAM), state.step)
   images = input_pipeline.augment(images_BxHxWxC, key, data_config.augment,
                                   data_config.crop_padding)
@@ -113,7 +126,8 @@ def train_step(state: TrainState, images_BxHxWxC: jax.Array, labels_B: jax.Array
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
                                      images, train=True, mutable=["batch_stats"])
-    loss, ce_LxG = joint_loss(logits, labels_B, jnp.asarray(lam_LxG), label_smoothing)
+    loss, ce_LxG = joint_loss(logits, labels_B, jnp.asarray(lam_LxG), loss_config.label_smoothing,
+                              loss_config.distill_weight, loss_config.distill_temperature)
     return loss, (logits, ce_LxG, updates["batch_stats"])
 
   (loss, (logits, ce_LxG, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -223,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   step_fn = jax.jit(
       functools.partial(train_step, lam_LxG=lam, seed=config.seed, data_config=config.data,
-                        label_smoothing=config.loss.label_smoothing),
+                        loss_config=config.loss),
       in_shardings=(setup.replicated, setup.batch_sharding, setup.batch_sharding),
       out_shardings=(setup.replicated, setup.replicated), donate_argnums=0)
   batches = input_pipeline.TrainBatches(dataset.train, config.train.batch_size, config.seed,

@@ -52,6 +52,25 @@ def test_joint_loss_is_the_lambda_weighted_mean_of_exit_losses():
   np.testing.assert_allclose(loss, (lam * ce_ref).sum() / lam.sum(), rtol=1e-5)
 
 
+def test_distillation_term_matches_a_numpy_reference():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(4, 2, 3, 5)).astype(np.float32)
+  labels = np.array([0, 1, 4, 2])
+  lam = rng.uniform(0.5, 1.0, size=(2, 3)).astype(np.float32)
+  a, t = 0.3, 2.0
+  loss, ce = train.joint_loss(logits, labels, lam, distill_weight=a, distill_temperature=t)
+
+  def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+  teacher = np.exp(log_softmax(logits[:, -1, -1] / t))[:, None, None]
+  kl = (teacher * (np.log(teacher) - log_softmax(logits / t))).sum(-1).mean(0) * t * t
+  per_exit = (1 - a) * np.asarray(ce) + a * kl
+  per_exit[-1, -1] = ce[-1, -1]
+  np.testing.assert_allclose(loss, (lam * per_exit).sum() / lam.sum(), rtol=1e-5)
+
+
 def test_training_lowers_the_loss_and_writes_its_outputs(tiny_config, tmp_path):
   tiny_config.train.num_steps = 150
   workdir = str(tmp_path)
