@@ -1,6 +1,7 @@
 """Every config field with its default; files in `configs/` start from `base_config()`."""
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -61,4 +62,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = k = ml_collections.ConfigDict()
   k.every_steps = 1000
   k.max_to_keep = 3
+
+  c.resources = r = ml_collections.ConfigDict()  # --mode=resources
+  r.measure = True  # also compile every sub-network: XLA peak memory and latency
+  r.latency = True  # time every sub-network (else memory only)
+  r.batch_size = 128  # the second latency batch (the first is 1)
+  r.warmup = 2  # untimed runs before timing
+  r.repeats = 5  # timed runs; the median is reported
+
+  c.budget = b = ml_collections.ConfigDict()  # --mode=select / --mode=trace; unset = no limit
+  b.macs = config_dict.placeholder(float)  # multiply-accumulates per image
+  b.params = config_dict.placeholder(float)  # parameters of the sliced sub-network
+  b.activation_bytes = config_dict.placeholder(float)  # XLA peak temp memory, batch 1
+  b.latency_ms = config_dict.placeholder(float)  # median latency, batch 1
+  b.trace = ""  # --mode=trace: JSON list of {limit: value} or CSV with limit columns
+  b.compare_workdir = ""  # a depth-only network's workdir to compare with ("" = full-width column)
+
+  c.export = e = ml_collections.ConfigDict()  # --mode=export
+  e.subnet = ""  # e.g. "D14W12"; or set depth and width
+  e.depth = 0
+  e.width = 0
   return c

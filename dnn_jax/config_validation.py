@@ -113,6 +113,22 @@ def validate(config, device_count: int | None = None) -> None:
   _positive_ints(t.log_every_steps, "train.log_every_steps")
   _positive_ints(t.eval_every_steps, "train.eval_every_steps", allow_zero=True)
 
+  for name in ("macs", "params", "activation_bytes", "latency_ms"):
+    value = config.budget[name]
+    _require(value is None or value > 0, f"budget.{name}", f"{value} must be positive")
+  _positive_ints(config.export.depth, "export.depth", allow_zero=True)
+  _positive_ints(config.export.width, "export.width", allow_zero=True)
+  if config.export.subnet:
+    from dnn_jax.subnetwork import parse_subnet_id
+    try:
+      d, w = parse_subnet_id(config.export.subnet)
+    except ValueError as e:
+      raise ConfigError(f"config.export.subnet: {e}") from e
+    _require(1 <= d <= depths and 1 <= w <= widths, "export.subnet",
+             f"{config.export.subnet} is outside the grid of {depths} depths x {widths} widths")
+  _positive_ints(config.resources.batch_size, "resources.batch_size")
+  _positive_ints(config.resources.repeats, "resources.repeats")
+
   _positive_ints(config.eval.batch_size, "eval.batch_size")
   _require(config.eval.batch_size % device_count == 0, "eval.batch_size",
            f"{config.eval.batch_size} is not divisible by the {device_count} devices")

@@ -38,6 +38,8 @@ def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channel
       train.log("Note: using the model config saved with the checkpoint, not the given one.")
     run_config = config.copy_and_resolve_references()
     run_config.model = saved.model
+    # The input normalisation is part of the trained model.
+    run_config.data.mean, run_config.data.std = saved.data.mean, saved.data.std
     setup = train.make_setup(run_config, len(class_names), num_channels)
     tx = train.create_optimizer(saved.train, optax.constant_schedule(0.0))  # Structure only.
     # Parameter shapes do not depend on the image size: any spatial size gives the target.

@@ -65,6 +65,24 @@ def load_dataset(data_config, workdir: str | None = None) -> Dataset:
   return Dataset(train, held_out, data_config.eval_split, tuple(class_names))
 
 
+def describe(data_config) -> tuple[tuple[int, int, int], tuple[str, ...]]:
+  """(image shape, class names) of a source without loading its images."""
+  if data_config.source in ("digits", "tfds"):
+    shape = (8, 8, 1) if data_config.source == "digits" else (32, 32, 3)
+    names = (tuple(str(i) for i in range(10)) if data_config.name != "cifar10" else
+             ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+              "truck"))
+    return shape, names
+  train_dir = os.path.join(os.path.expanduser(data_config.root), "train")
+  classes, files = _folder_files(train_dir)
+  size = data_config.image_size
+  if not size:
+    from PIL import Image
+    with Image.open(os.path.join(train_dir, files[0][0])) as im:
+      size = im.size[1]
+  return (size, size, 3), tuple(classes)
+
+
 def _load_digits(data_config, workdir, need_test):
   del data_config, workdir, need_test
   from sklearn import datasets  # scikit-learn ships these 1,797 8x8 digits: no download.

@@ -10,21 +10,34 @@ from ml_collections import config_flags
 
 from dnn_jax.errors import UserError
 
-MODES = ("train", "eval")
+MODES = ("train", "eval", "resources", "select", "trace", "export")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here.")
-_MODE = flags.DEFINE_enum("mode", "train", MODES,
-                          "train: train (resuming from DIR), then evaluate; eval: evaluate only.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", MODES,
+    "train: train (resuming from DIR), then evaluate; eval: evaluate the latest checkpoint; "
+    "resources: MACs/params/memory/latency of every sub-network; select: best sub-network "
+    "under config.budget; trace: choices over a budget time series; export: one sub-network "
+    "as StableHLO.")
 
 
 def run(config, workdir: str, mode: str) -> None:
-  from dnn_jax import config_validation, evaluate, train
+  from dnn_jax import config_validation, evaluate, export, resources, select, train
   config_validation.validate(config)  # Before anything is compiled.
-  if mode == "train":
-    train.train_and_evaluate(config, workdir)
-  evaluate.evaluate(config, workdir)
+  if mode in ("train", "eval"):
+    if mode == "train":
+      train.train_and_evaluate(config, workdir)
+    evaluate.evaluate(config, workdir)
+  elif mode == "resources":
+    resources.run(config, workdir)
+  elif mode == "select":
+    select.run(config, workdir)
+  elif mode == "trace":
+    select.run_trace_mode(config, workdir)
+  else:
+    export.run(config, workdir)
 
 
 def main(argv):

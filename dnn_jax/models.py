@@ -52,6 +52,7 @@ class CausalConv(nn.Module):
   num_groups: int = 1
   grouped_input: bool = True  # False for the image: every group sees all its channels.
   causal: bool = True
+  apply_mask: bool = True  # False for inference on kernels already masked (exported nets).
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -60,7 +61,7 @@ class CausalConv(nn.Module):
     mask = group_mask(cin, self.features, self.num_groups,
                       grouped_input=self.grouped_input, causal=self.causal)
     kernel = self.param("kernel", masked_he_normal(mask), (k, k, cin, self.features))
-    if not mask.all():
+    if self.apply_mask and not mask.all():
       # Multiplying by the mask in the forward pass also zeroes the masked taps' gradients,
       # so they stay exactly zero (weight decay keeps zero at zero).
       kernel = kernel * jnp.asarray(mask, kernel.dtype)
@@ -93,12 +94,14 @@ class ResidualBlock(nn.Module):
   shortcut: str = "projection"
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
+  apply_mask: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = lambda s, k, name: CausalConv(self.features, k, s, self.num_groups,
-                                         causal=self.causal, dtype=self.dtype, name=name)
+                                         causal=self.causal, apply_mask=self.apply_mask,
+                                         dtype=self.dtype, name=name)
     norm = lambda name, **kw: nn.BatchNorm(not train, momentum=self.bn_momentum,
                                            epsilon=1e-5, dtype=self.dtype, name=name, **kw)
     y = nn.relu(norm("bn1")(conv(self.strides, 3, "conv1")(x)))
@@ -146,13 +149,16 @@ class DNNet(nn.Module):
   """Doubly nested ResNet: returns logits_BxLxGxK for all L depths and G widths.
 
   `depth` < the full number of exits builds only the first `depth` exits (the blocks
-  they need and their heads): the depth-sliced sub-network.
+  they need and their heads): the depth-sliced sub-network. `only_last_exit` builds only the
+  head of the deepest exit and returns its widest logits, logits_BxK: a deployable
+  sub-network with no other exits.
   """
   num_classes: int
   num_groups: int
   channels_per_group: Sequence[int]  # per stage
   blocks_per_stage: Sequence[int]
   depth: int | None = None
+  only_last_exit: bool = False
   causal: bool = True
   shortcut: str = "projection"
   head_reduction: str = "sum"
@@ -160,6 +166,7 @@ class DNNet(nn.Module):
   bn_momentum: float = 0.9
   input_mean: Sequence[float] = (127.5,)
   input_std: Sequence[float] = (64.0,)
+  apply_masks: bool = True  # False: kernels are already masked (see subnetwork.extract)
   dtype: Any = jnp.float32
 
   @property
@@ -173,12 +180,13 @@ class DNNet(nn.Module):
     x = (images_BxHxWxC.astype(jnp.float32) - jnp.asarray(self.input_mean)) / jnp.asarray(
         self.input_std)
     x = CausalConv(g * self.channels_per_group[0], 3, 1, g, grouped_input=False,
-                   causal=self.causal, dtype=self.dtype, name="stem")(x)
+                   causal=self.causal, apply_mask=self.apply_masks, dtype=self.dtype,
+                   name="stem")(x)
     x = nn.relu(nn.BatchNorm(not train, momentum=self.bn_momentum, epsilon=1e-5,
                              dtype=self.dtype, name="stem_bn")(x))
     head = lambda i: ExitHead(g, self.num_classes, self.head_reduction, self.dtype,
                               name=f"exit_{i}")
-    logits = [head(1)(x)]
+    logits = [] if self.only_last_exit and depth > 1 else [head(1)(x)]
     exit_index = 1
     for stage, (cpg, n_blocks) in enumerate(zip(self.channels_per_group, self.blocks_per_stage)):
       for b in range(n_blocks):
@@ -186,9 +194,12 @@ class DNNet(nn.Module):
           break
         x = ResidualBlock(g * cpg, 2 if (stage > 0 and b == 0) else 1, g, self.causal,
                           self.shortcut, self.zero_init_residual, self.bn_momentum,
-                          self.dtype, name=f"block_{exit_index}")(x, train)
+                          self.apply_masks, self.dtype, name=f"block_{exit_index}")(x, train)
         exit_index += 1
-        logits.append(head(exit_index)(x))
+        if not self.only_last_exit or exit_index == depth:
+          logits.append(head(exit_index)(x))
+    if self.only_last_exit:
+      return logits[0][:, -1]
     return jnp.stack(logits, axis=1)
 
 

@@ -8,12 +8,15 @@ import numpy as np
 
 
 def grid_heatmap(values_LxG, path: str, title: str, *, fmt: str = "{:.1f}",
-                 scale: float = 1.0, cbar_label: str = "") -> None:
+                 scale: float = 1.0, cbar_label: str = "", annotate: bool = True,
+                 mask=None) -> None:
   """Writes a heatmap of a depths x widths grid (row 1 = shallowest exit) to `path`."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   values = np.asarray(values_LxG, np.float64) * scale
+  if mask is not None:  # Cells outside the mask are left blank.
+    values = np.where(mask, values, np.nan)
   depths, widths = values.shape
   fig, ax = plt.subplots(figsize=(1.5 + 0.42 * max(widths, 10), 1.0 + 0.36 * max(depths, 6)))
   im = ax.imshow(values, origin="lower", cmap="viridis", aspect="auto")
@@ -24,9 +27,11 @@ def grid_heatmap(values_LxG, path: str, title: str, *, fmt: str = "{:.1f}",
   ax.set_title(title)
   lo, hi = np.nanmin(values), np.nanmax(values)
   font = 8 if widths <= 12 else 5
-  for d in range(depths):
+  for d in range(depths if annotate else 0):
     for w in range(widths):
       v = values[d, w]
+      if np.isnan(v):
+        continue
       dark = (v - lo) < 0.6 * (hi - lo) if hi > lo else True
       ax.text(w, d, fmt.format(v), ha="center", va="center", fontsize=font,
               color="white" if dark else "black")

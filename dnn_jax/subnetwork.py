@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 
 from dnn_jax import models
@@ -15,10 +17,13 @@ def _index(name: str) -> int:
   return int(name.rsplit("_", 1)[1])
 
 
-def slice_variables(variables: dict, num_groups: int, depth: int, width: int) -> dict:
+def slice_variables(variables: dict, num_groups: int, depth: int, width: int, *,
+                    only_last_exit: bool = False) -> dict:
   """Keeps blocks < depth, exits <= depth and, in every layer, the channels of groups 1..width.
 
-  Works on any variable collection (params, batch_stats) of a full DNNet.
+  Works on any variable collection (params, batch_stats) of a full DNNet. With
+  `only_last_exit`, keeps only the head of exit `depth` (for `subnetwork_model(...,
+  only_last_exit=True)`).
   """
   if not 1 <= width <= num_groups:
     raise ValueError(f"width {width} is outside 1..{num_groups}")
@@ -27,7 +32,7 @@ def slice_variables(variables: dict, num_groups: int, depth: int, width: int) ->
     if name.startswith("block_"):
       return _index(name) < depth
     if name.startswith("exit_"):
-      return _index(name) <= depth
+      return _index(name) == depth if only_last_exit else _index(name) <= depth
     return True
 
   def cut(path, x):
@@ -47,8 +52,47 @@ def slice_variables(variables: dict, num_groups: int, depth: int, width: int) ->
   return sliced
 
 
-def subnetwork_model(full_model: models.DNNet, depth: int, width: int) -> models.DNNet:
+def subnetwork_model(full_model: models.DNNet, depth: int, width: int, *,
+                     only_last_exit: bool = False) -> models.DNNet:
   """The standalone DNNet of sub-network (depth, width); its last exit is the (d, c) cell."""
   if not 1 <= depth <= full_model.num_exits:
     raise ValueError(f"depth {depth} is outside 1..{full_model.num_exits}")
-  return full_model.clone(depth=depth, num_groups=width)
+  if not 1 <= width <= full_model.num_groups:
+    raise ValueError(f"width {width} is outside 1..{full_model.num_groups}")
+  return full_model.clone(depth=depth, num_groups=width, only_last_exit=only_last_exit)
+
+
+def extract(full_model: models.DNNet, variables: dict, depth: int, width: int
+            ) -> tuple[models.DNNet, dict]:
+  """Deployable sub-network (depth, width): its model (logits_BxK) and its smaller variables.
+
+  The causal masks are multiplied into the sliced kernels once, here, so the returned model
+  skips the per-call mask multiply (and its temporary kernel copies).
+  """
+  model = subnetwork_model(full_model, depth, width, only_last_exit=True).clone(
+      apply_masks=False)
+  sliced = slice_variables(variables, full_model.num_groups, depth, width, only_last_exit=True)
+
+  def premask(path, x):
+    names = [getattr(p, "key", str(p)) for p in path]
+    if names[-1] == "kernel" and x.ndim == 4:
+      mask = models.group_mask(x.shape[2], x.shape[3], width, grouped_input=names[1] != "stem",
+                               causal=full_model.causal)
+      return x * mask.astype(x.dtype)
+    return x
+
+  sliced["params"] = jax.tree_util.tree_map_with_path(premask, {"params": sliced["params"]})[
+      "params"]
+  return model, sliced
+
+
+def subnet_id(depth: int, width: int) -> str:
+  return f"D{depth}W{width}"
+
+
+def parse_subnet_id(text: str) -> tuple[int, int]:
+  """'D14W12' -> (14, 12)."""
+  match = re.fullmatch(r"[dD](\d+)[wW](\d+)", text.strip())
+  if not match:
+    raise ValueError(f"sub-network id {text!r} is not of the form D<depth>W<width>, e.g. D14W12")
+  return int(match.group(1)), int(match.group(2))

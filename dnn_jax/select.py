@@ -1,0 +1,313 @@
+"""Budgeted selection: the most accurate sub-network under limits on several resources at once.
+
+Also the Pareto front, the paper's Fig. 5 view (every feasible sub-network under a budget,
+DNNet vs a depth-only choice) and dynamic budgets over time (Fig. 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+
+from dnn_jax.errors import UserError
+from dnn_jax.subnetwork import subnet_id
+
+# Budget field -> resource grid quantity it limits.
+LIMITS = {"macs": "macs", "params": "params", "activation_bytes": "peak_activation_bytes",
+          "latency_ms": "latency_ms_batch1"}
+
+
+def check_limits(limits: dict) -> dict:
+  """Drops unset (None) limits; rejects unknown names and non-positive values."""
+  out = {}
+  for name, value in limits.items():
+    if name not in LIMITS:
+      raise UserError(f"unknown budget {name!r}; known: {', '.join(LIMITS)}")
+    if value is None:
+      continue
+    if not np.isfinite(value) or value <= 0:
+      raise UserError(f"config.budget.{name}={value}: budgets must be positive")
+    out[name] = float(value)
+  return out
+
+
+def feasible(resources: dict, limits: dict) -> np.ndarray:
+  """Bool depths x widths grid of the sub-networks within every limit."""
+  shape = np.shape(resources["macs"])
+  ok = np.ones(shape, bool)
+  for name, value in limits.items():
+    grid = np.asarray(resources.get(LIMITS[name], np.full(shape, np.nan)), np.float64)
+    if np.isnan(grid).all():
+      raise UserError(f"budget {name} needs the measured grid '{LIMITS[name]}': run "
+                      "--mode=resources first")
+    ok &= grid <= value
+  return ok
+
+
+def select(accuracy, resources: dict, limits: dict, *, columns=None) -> dict | None:
+  """Most accurate feasible (depth, width); ties go to fewer MACs. None if nothing fits.
+
+  `columns` restricts the candidates to those widths (1-based), e.g. [G] for depth-only.
+  """
+  acc = np.asarray(accuracy, np.float64)
+  ok = feasible(resources, limits)
+  if columns is not None:
+    keep = np.zeros_like(ok)
+    keep[:, np.asarray(columns) - 1] = True
+    ok &= keep
+  if not ok.any():
+    return None
+  macs = np.asarray(resources["macs"], np.float64)
+  candidates = np.argwhere(ok)
+  best = min(candidates, key=lambda dc: (-acc[tuple(dc)], macs[tuple(dc)], dc[0], dc[1]))
+  d, c = int(best[0]), int(best[1])
+  record = {"depth": d + 1, "width": c + 1, "id": subnet_id(d + 1, c + 1),
+            "accuracy": float(acc[d, c]), "feasible_count": int(ok.sum())}
+  for name, grid in resources.items():
+    value = np.asarray(grid, np.float64)[d, c]
+    record[name] = None if np.isnan(value) else float(value)
+  return record
+
+
+def pareto_front(accuracy, resources: dict, keys=("macs",)) -> list[dict]:
+  """Sub-networks no other beats in accuracy without costing more in any of `keys`."""
+  acc = np.asarray(accuracy, np.float64)
+  costs = [np.asarray(resources[k], np.float64) for k in keys]
+  front = []
+  cells = [tuple(dc) for dc in np.argwhere(np.ones(acc.shape, bool))]
+  for cell in cells:
+    dominated = False
+    for other in cells:
+      if other == cell:
+        continue
+      no_worse = acc[other] >= acc[cell] and all(c[other] <= c[cell] for c in costs)
+      better = acc[other] > acc[cell] or any(c[other] < c[cell] for c in costs)
+      if no_worse and better:
+        dominated = True
+        break
+    if not dominated:
+      front.append({"id": subnet_id(cell[0] + 1, cell[1] + 1), "depth": int(cell[0]) + 1,
+                    "width": int(cell[1]) + 1, "accuracy": float(acc[cell]),
+                    **{k: float(c[cell]) for k, c in zip(keys, costs)}})
+  return sorted(front, key=lambda r: r[keys[0]])
+
+
+def load_grid(path: str, key: str, shape: tuple[int, int]) -> np.ndarray:
+  """Reads `key` of a grid JSON and checks it is depths x widths."""
+  if not os.path.exists(path):
+    raise UserError(f"{path} does not exist")
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    grid = np.asarray(record[key], np.float64)
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{path}: cannot read '{key}' as a grid ({type(e).__name__}: {e})") from e
+  if grid.shape != tuple(shape):
+    raise UserError(f"{path}: '{key}' has shape {grid.shape}, expected {tuple(shape)} "
+                    "(depths x widths of the model)")
+  return grid
+
+
+def read_trace(path: str) -> list[dict]:
+  """A budget time series: JSON list of {limit: value} objects, or CSV with limit columns."""
+  if not os.path.exists(path):
+    raise UserError(f"config.budget.trace: {path} does not exist")
+  try:
+    if path.endswith(".csv"):
+      with open(path, newline="") as f:
+        rows = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()
+                 if k != "time"} for row in csv.DictReader(f)]
+    else:
+      with open(path) as f:
+        rows = json.load(f)
+      rows = [{k: v for k, v in row.items() if k != "time"} for row in rows]
+  except (ValueError, TypeError, AttributeError) as e:
+    raise UserError(f"config.budget.trace: cannot parse {path}: {e}") from e
+  if not rows:
+    raise UserError(f"config.budget.trace: {path} holds no budgets")
+  for i, row in enumerate(rows):
+    try:
+      rows[i] = check_limits(row)
+    except UserError as e:
+      raise UserError(f"config.budget.trace: {path}, step {i}: {e}") from e
+  return rows
+
+
+def _grids(config, workdir: str):
+  """(accuracy, resources, depth-only accuracy) for --mode=select/trace, shape-checked."""
+  from dnn_jax import checkpointing, input_pipeline, models, resources
+  shape = models.grid_shape(config.model)
+  if os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
+    # The trained model's layout wins over the given config's.
+    mngr = checkpointing.manager(workdir)
+    try:
+      if mngr.latest_step() is not None:
+        saved, _ = checkpointing.restore_metadata(mngr)
+        config = config.copy_and_resolve_references()
+        config.model = saved.model
+        shape = models.grid_shape(config.model)
+    finally:
+      mngr.close()
+  accuracy = load_grid(os.path.join(workdir, "eval", "grid.json"), "accuracy", shape)
+  res_path = os.path.join(workdir, "resources", "grid.json")
+  if os.path.exists(res_path):
+    res = {k: load_grid(res_path, k, shape) for k in ("macs", "params", "largest_feature_map")}
+    with open(res_path) as f:
+      measured = json.load(f)
+    for k in ("peak_activation_bytes", "latency_ms_batch1"):
+      if measured.get(k) is not None:
+        res[k] = np.asarray(load_grid(res_path, k, shape), np.float64)
+  else:  # Analytic quantities need no measurement.
+    image_shape, names = input_pipeline.describe(config.data)
+    model = models.create_model(config.model, len(names))
+    res = {k: v for k, v in resources.analytic_grid(model, image_shape, len(names)).items()
+           if k in ("macs", "params", "largest_feature_map")}
+  return accuracy, res
+
+
+def _depth_only(config, workdir: str):
+  """(accuracy, resources, columns) the depth-only choice is made from: a separately trained
+  network's full-width exits (config.budget.compare_workdir), else this DNNet's."""
+  if config.budget.compare_workdir:
+    accuracy, res = _grids(config, config.budget.compare_workdir)
+    return accuracy, res, "depth-only network"
+  accuracy, res = _grids(config, workdir)
+  return accuracy, res, "full-width exits of this DNNet"
+
+
+def _limits(config) -> dict:
+  return check_limits({k: config.budget[k] for k in LIMITS})
+
+
+def run(config, workdir: str) -> dict:
+  """--mode=select: prints the choice under config.budget, writes DIR/select.json and the
+  Fig. 5 view (every feasible sub-network, DNNet vs depth-only) as markdown and PNG."""
+  from dnn_jax import plots, train
+  limits = _limits(config)
+  if not limits:
+    raise UserError("config.budget: set at least one limit, e.g. --config.budget.macs=24e6")
+  accuracy, res = _grids(config, workdir)
+  choice = select(accuracy, res, limits)
+  if choice is None:
+    raise UserError(f"no sub-network fits the budget {limits}; the smallest needs "
+                    f"{int(np.min(res['macs'])):,} MACs and {int(np.min(res['params'])):,} "
+                    "parameters")
+  widths = accuracy.shape[1]
+  d_acc, d_res, label = _depth_only(config, workdir)
+  depth_choice = select(d_acc, d_res, limits, columns=[d_acc.shape[1]])
+  ok = feasible(res, limits)
+  record = {**choice, "limits": limits, "depth_only": depth_choice, "depth_only_source": label,
+            "pareto_front_macs": pareto_front(accuracy, res, ("macs",)),
+            "feasible": [{"id": subnet_id(d + 1, c + 1), "accuracy": float(accuracy[d, c]),
+                          "macs": float(res["macs"][d, c])} for d, c in np.argwhere(ok)]}
+  if jax.process_index() == 0:
+    train.write_json(os.path.join(workdir, "select.json"), record)
+    out = os.path.join(workdir, "select")
+    os.makedirs(out, exist_ok=True)
+    plots.grid_heatmap(accuracy, os.path.join(out, "feasible.png"),
+                       f"accuracy (%) of sub-networks within {limits}", scale=100.0,
+                       fmt="{:.1f}" if widths <= 12 else "{:.0f}", mask=ok)
+    lines = [f"# Feasible sub-networks under {limits}", "",
+             f"Best DNNet sub-network: **{choice['id']}** at {100 * choice['accuracy']:.2f}% "
+             f"({choice['macs']:,.0f} MACs). Best of the {label}: "
+             + (f"**{depth_choice['id']}** at {100 * depth_choice['accuracy']:.2f}%."
+                if depth_choice else "none fits."), "",
+             "| sub-network | accuracy (%) | MACs | params |", "|---|---|---|---|"]
+    for d, c in sorted(map(tuple, np.argwhere(ok)), key=lambda dc: -accuracy[dc]):
+      lines.append(f"| {subnet_id(d + 1, c + 1)} | {100 * accuracy[d, c]:.2f} | "
+                   f"{res['macs'][d, c]:,.0f} | {res['params'][d, c]:,.0f} |")
+    _write_text(os.path.join(out, "feasible.md"), "\n".join(lines) + "\n")
+  print(f"Best under {limits}: {choice['id']} (accuracy {100 * choice['accuracy']:.2f}%, "
+        f"{choice['macs']:,.0f} MACs, {choice['params']:,.0f} params) among "
+        f"{choice['feasible_count']} feasible; {label}: "
+        + (f"{depth_choice['id']} ({100 * depth_choice['accuracy']:.2f}%)" if depth_choice
+           else "none fits"), flush=True)
+  return record
+
+
+def run_trace_mode(config, workdir: str) -> dict:
+  """--mode=trace: the chosen sub-network per time step of a budget trace, vs depth-only."""
+  from dnn_jax import train
+  if not config.budget.trace:
+    raise UserError("config.budget.trace: give a JSON or CSV budget time series")
+  trace = read_trace(config.budget.trace)
+  accuracy, res = _grids(config, workdir)
+  d_acc, d_res, _ = _depth_only(config, workdir)
+  steps = []
+  for t, limits in enumerate(trace):
+    row = {"step": t, "limits": limits}
+    for label, acc, r, cols in (("dnn", accuracy, res, None),
+                                ("depth_only", d_acc, d_res, [d_acc.shape[1]])):
+      choice = select(acc, r, limits, columns=cols)
+      if choice is not None:
+        choice["utilisation"] = {k: choice[LIMITS[k]] / v for k, v in limits.items()}
+      row[label] = choice
+    steps.append(row)
+
+  def mean(label, fn):
+    vals = [fn(s[label]) for s in steps if s[label] is not None]
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+  summary = {label: {"mean_accuracy": mean(label, lambda c: c["accuracy"]),
+                     "steps_without_a_fit": sum(s[label] is None for s in steps),
+                     "mean_utilisation": {k: mean(label, lambda c, k=k: c["utilisation"].get(k))
+                                          for k in LIMITS if any(k in s["limits"] for s in steps)}}
+             for label in ("dnn", "depth_only")}
+  record = {"steps": steps, "summary": summary}
+  if jax.process_index() == 0:
+    out = os.path.join(workdir, "trace")
+    os.makedirs(out, exist_ok=True)
+    train.write_json(os.path.join(out, "trace.json"), record)
+    _plot_trace(steps, os.path.join(out, "trace.png"))
+  print(f"Trace of {len(steps)} budgets: mean accuracy DNNet "
+        f"{_pct(summary['dnn']['mean_accuracy'])} vs depth-only "
+        f"{_pct(summary['depth_only']['mean_accuracy'])}; written to "
+        f"{os.path.join(workdir, 'trace')}", flush=True)
+  return record
+
+
+def _pct(x):
+  return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _plot_trace(steps, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  keys = [k for k in LIMITS if any(k in s["limits"] for s in steps)]
+  fig, axes = plt.subplots(len(keys) + 1, 1, figsize=(8, 2.4 * (len(keys) + 1)), sharex=True)
+  t = [s["step"] for s in steps]
+  get = lambda label, fn: [fn(s[label]) if s[label] else np.nan for s in steps]
+  axes[0].step(t, get("dnn", lambda c: 100 * c["accuracy"]), where="post", label="DNNet")
+  axes[0].step(t, get("depth_only", lambda c: 100 * c["accuracy"]), where="post",
+               label="depth-only")
+  axes[0].set_ylabel("accuracy (%)")
+  axes[0].legend()
+  for ax, k in zip(axes[1:], keys):
+    ax.step(t, [s["limits"].get(k, np.nan) for s in steps], where="post", color="k",
+            linestyle="--", label="budget")
+    ax.step(t, get("dnn", lambda c, k=k: c[LIMITS[k]]), where="post", label="DNNet uses")
+    ax.step(t, get("depth_only", lambda c, k=k: c[LIMITS[k]]), where="post",
+            label="depth-only uses")
+    ax.set_ylabel(k)
+    ax.legend(fontsize=7)
+  axes[-1].set_xlabel("time step")
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
