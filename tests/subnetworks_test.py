@@ -255,3 +255,19 @@ def test_bad_sub_network_requests_fail_with_one_line(trained_workdir, tmp_path):
                  "--config.budget.macs=1e9")
   assert result.returncode == 2 and "has shape (1, 2), expected (3, 2)" in result.stderr
   assert not os.path.exists(bad / "select.json")
+
+
+@pytest.mark.parametrize("shortcut", ["projection", "pad"])
+def test_refinement_along_any_path_equals_direct_evaluation(shortcut):
+  from dnn_jax import refine
+  cfg = _model_config(shortcut=shortcut, head_reduction="mean" if shortcut == "pad" else "sum")
+  model = models.create_model(cfg, 5)
+  variables = _random_variables(model, (8, 8, 3))
+  x = _images((3, 8, 8, 3))
+  fused = model.apply(variables, x)
+  for path in ([(1, 1), (2, 1), (2, 2), (4, 2), (5, 3)], [(3, 1), (3, 3), (5, 3)], [(5, 3)]):
+    r = refine.Refiner(model, variables, x)
+    for d, c in path:
+      chex.assert_trees_all_close(r.refine(d, c), fused[:, d - 1, c - 1], atol=1e-4)
+  with pytest.raises(ValueError, match="can only grow"):
+    r.refine(2, 3)

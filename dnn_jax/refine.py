@@ -1,0 +1,185 @@
+"""Anytime refinement: grow a prediction from sub-network (d, c) without redoing finished work.
+
+The network is causal in both directions, so widening from c to c' computes only groups
+c+1..c' of each layer (reading the stored activations of groups 1..c), and deepening from d to
+d' continues from the stored activation of exit d. Each step is one jit-compiled call.
+
+  refiner = Refiner(model, variables, images)
+  logits = refiner.refine(4, 4)    # D4W4
+  logits = refiner.refine(4, 10)   # widen: only groups 5..10 of the 3 blocks are computed
+  logits = refiner.refine(12, 10)  # deepen: blocks 4..11 at width 10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnn_jax import models
+
+_EPS = 1e-5  # BatchNorm epsilon of models.py
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+  name: str
+  cpg_in: int
+  cpg_out: int
+  stride: int
+  projection: bool  # projection shortcut (else identity or per-group zero padding)
+  changes_shape: bool
+
+
+def _blocks(model: models.DNNet) -> list[_Block]:
+  blocks, cpg_prev = [], model.channels_per_group[0]
+  index = 1
+  for stage, (cpg, n) in enumerate(zip(model.channels_per_group, model.blocks_per_stage)):
+    for b in range(n):
+      stride = 2 if (stage > 0 and b == 0) else 1
+      changes = stride != 1 or cpg_prev != cpg
+      blocks.append(_Block(f"block_{index}", cpg_prev, cpg, stride,
+                           changes and model.shortcut == "projection", changes))
+      cpg_prev, index = cpg, index + 1
+  return blocks
+
+
+def _conv(x, kernel, c0, c1, cpg_in, cpg_out, stride, num_groups, grouped_input=True):
+  """Output groups [c0, c1) of a causal conv, reading input groups < c1 only."""
+  cin = x.shape[-1] if not grouped_input else c1 * cpg_in
+  k = kernel[:, :, :cin, c0 * cpg_out:c1 * cpg_out]
+  if grouped_input:  # Masked taps are zero in trained weights; masking keeps any weights exact.
+    g_in = np.arange(cin) // cpg_in
+    g_out = np.arange(c0 * cpg_out, c1 * cpg_out) // cpg_out
+    k = k * jnp.asarray(g_in[:, None] <= g_out[None, :], k.dtype)
+  pad = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x[..., :cin], k, (stride, stride), ((pad, pad),) * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _bn(y, params, stats, c0, c1, cpg):
+  sl = slice(c0 * cpg, c1 * cpg)
+  return ((y - stats["mean"][sl]) * jax.lax.rsqrt(stats["var"][sl] + _EPS) * params["scale"][sl]
+          + params["bias"][sl])
+
+
+def _head_sum(x_new, params, c0, c1, cpg):
+  """Sum of the partial logits of groups [c0, c1) at one exit: B x K."""
+  b = x_new.shape[0]
+  f = jnp.mean(x_new, axis=(1, 2)).reshape(b, c1 - c0, cpg)
+  return jnp.einsum("bgd,gdk->bk", f, params["kernel"][c0:c1]) + params["bias"][c0:c1].sum(0)
+
+
+class _Steps:
+  """The refinement steps of one model, as pure functions of (variables, images, state)."""
+
+  def __init__(self, model: models.DNNet):
+    self.model = model
+    self.blocks = _blocks(model)
+
+  def _stem(self, v, x, c0, c1):
+    p, s, g = v["params"], v["batch_stats"], self.model.num_groups
+    cpg = self.model.channels_per_group[0]
+    y = _conv(x, p["stem"]["kernel"], c0, c1, None, cpg, 1, g, grouped_input=False)
+    return jax.nn.relu(_bn(y, p["stem_bn"], s["stem_bn"], c0, c1, cpg))
+
+  def _block(self, v, blk: _Block, x_in, mid_old, c0, c1):
+    """Groups [c0, c1) of one block given its input's groups < c1; returns (mid, out) new."""
+    p, s = v["params"][blk.name], v["batch_stats"][blk.name]
+    g = self.model.num_groups
+    y1 = jax.nn.relu(_bn(_conv(x_in, p["conv1"]["kernel"], c0, c1, blk.cpg_in, blk.cpg_out,
+                               blk.stride, g), p["bn1"], s["bn1"], c0, c1, blk.cpg_out))
+    mid = y1 if mid_old is None else jnp.concatenate([mid_old, y1], -1)
+    y2 = _bn(_conv(mid, p["conv2"]["kernel"], c0, c1, blk.cpg_out, blk.cpg_out, 1, g),
+             p["bn2"], s["bn2"], c0, c1, blk.cpg_out)
+    if blk.projection:
+      sc = _bn(_conv(x_in, p["proj"]["kernel"], c0, c1, blk.cpg_in, blk.cpg_out, blk.stride, g),
+               p["proj_bn"], s["proj_bn"], c0, c1, blk.cpg_out)
+    elif blk.changes_shape:
+      sc = models.group_pad_shortcut(x_in[..., c0 * blk.cpg_in:c1 * blk.cpg_in],
+                                     (c1 - c0) * blk.cpg_out, c1 - c0, blk.stride)
+    else:
+      sc = x_in[..., c0 * blk.cpg_in:c1 * blk.cpg_in]
+    return y1, jax.nn.relu(y2 + sc)
+
+  def _cpg_at(self, exit_index):  # channels per group of exit `exit_index` (0-based)
+    return self.model.channels_per_group[0] if exit_index == 0 else \
+        self.blocks[exit_index - 1].cpg_out
+
+  def _widen(self, v, x, acts, mids, sums, depth, c0, c1):
+    acts, mids, sums = list(acts), list(mids), list(sums)
+    new = self._stem(v, x, c0, c1)
+    for i in range(depth):
+      if i > 0:
+        blk = self.blocks[i - 1]
+        y1, new = self._block(v, blk, acts[i - 1], mids[i - 1], c0, c1)
+        mids[i - 1] = jnp.concatenate([mids[i - 1], y1], -1)
+      acts[i] = jnp.concatenate([acts[i], new], -1)
+      sums[i] = sums[i] + _head_sum(new, v["params"][f"exit_{i + 1}"], c0, c1, self._cpg_at(i))
+    return acts, mids, sums
+
+  def _deepen(self, v, x, acts, mids, d0, d1, width):
+    acts, mids = list(acts), list(mids)
+    sums = []
+    for i in range(d0, d1):
+      if i == 0:
+        out = self._stem(v, x, 0, width)
+      else:
+        y1, out = self._block(v, self.blocks[i - 1], acts[i - 1], None, 0, width)
+        mids.append(y1)
+      acts.append(out)
+      sums.append(_head_sum(out, v["params"][f"exit_{i + 1}"], 0, width, self._cpg_at(i)))
+    return acts, mids, sums
+
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(model: models.DNNet):
+  """Jitted (widen, deepen) of a model, shared by every Refiner of an equal model.
+
+  Weights are arguments, not closed-over constants, so XLA need not fold them in.
+  """
+  steps = _Steps(model)
+  return (jax.jit(steps._widen, static_argnums=(5, 6, 7)),
+          jax.jit(steps._deepen, static_argnums=(4, 5, 6)))
+
+
+class Refiner:
+  """Holds the activations of the current (depth, width) and grows them on request."""
+
+  def __init__(self, model: models.DNNet, variables: dict, images_BxHxWxC):
+    if not model.causal:
+      raise ValueError("refinement needs a channel-causal model (model.causal=True)")
+    self.model = model
+    self.variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    self.images = (jnp.asarray(images_BxHxWxC, jnp.float32) - jnp.asarray(model.input_mean)
+                   ) / jnp.asarray(model.input_std)
+    self._widen_fn, self._deepen_fn = _programs(model)
+    self.depth = self.width = 0
+    self.acts: list = []  # exit activations, groups < width
+    self.mids: list = []  # per block: relu(bn1(conv1)), groups < width
+    self.sums: list = []  # per exit: summed partial logits of groups < width
+
+  def refine(self, depth: int, width: int) -> jax.Array:
+    """Logits_BxK of sub-network (depth, width); neither may shrink along the path."""
+    if not (1 <= depth <= self.model.num_exits and 1 <= width <= self.model.num_groups):
+      raise ValueError(f"D{depth}W{width} is outside the grid of {self.model.num_exits} "
+                       f"depths x {self.model.num_groups} widths")
+    if depth < self.depth or width < self.width:
+      raise ValueError(f"cannot refine from D{self.depth}W{self.width} to D{depth}W{width}: "
+                       "depth and width can only grow")
+    if width > self.width and self.depth:
+      self.acts, self.mids, self.sums = self._widen_fn(
+          self.variables, self.images, self.acts, self.mids, self.sums, self.depth, self.width,
+          width)
+    self.width = width
+    if depth > self.depth:
+      self.acts, self.mids, sums = self._deepen_fn(self.variables, self.images, self.acts,
+                                                   self.mids, self.depth, depth, width)
+      self.sums = list(self.sums) + list(sums)
+    self.depth = depth
+    z = self.sums[depth - 1]
+    return z / width if self.model.head_reduction == "mean" else z
