@@ -10,11 +10,11 @@ the usual ResNet recipes use 20-40) and pad + random crop without horizontal fli
 Not yet run at this scale by this project: no accuracy is claimed here.
 """
 
-from configs import cifar10
+from dnn_jax.config_base import load_config_file
 
 
 def get_config():
-  c = cifar10.get_config()
+  c = load_config_file(__file__, "cifar10")()
   c.data.name = "svhn_cropped"
   c.data.augment = "crop"
   c.data.mean = (111.6, 113.2, 120.6)

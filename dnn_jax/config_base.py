@@ -1,5 +1,8 @@
 """Every config field with its default; files in `configs/` start from `base_config()`."""
 
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -83,3 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
   e.depth = 0
   e.width = 0
   return c
+
+
+def load_config_file(sibling_of: str, name: str):
+  """The `get_config` of configs/<name>.py next to `sibling_of`, loaded by path (works from
+  any working directory, unlike `from configs import ...`)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(sibling_of)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_dnn_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config

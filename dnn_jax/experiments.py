@@ -1,0 +1,242 @@
+"""The paper's figures from trained workdirs: one command each, JSON + PNG + markdown.
+
+  python -m dnn_jax.experiments fig4 --runs=RUNS --out=results/cifar10_cpu
+  python -m dnn_jax.experiments fig5 --runs=RUNS --out=results/cifar10_cpu [--budget_macs=N]
+  python -m dnn_jax.experiments grid --runs=RUNS --out=results/cifar10_cpu
+
+RUNS holds the workdirs `dnn` (the DNNet), `plain_w<k>` (plain networks trained from scratch
+with k groups; the widest also feeds brute-force slicing and fine-tuning) and `depth_only`.
+Every figure reports the split its accuracies come from (the DNNet's eval split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import jax
+import numpy as np
+
+from dnn_jax import baselines
+from dnn_jax import evaluate
+from dnn_jax import input_pipeline
+from dnn_jax import models
+from dnn_jax import plots
+from dnn_jax import resources
+from dnn_jax import select
+from dnn_jax import train
+from dnn_jax.errors import UserError
+
+
+def _eval_grid(workdir: str) -> dict:
+  path = os.path.join(workdir, "eval", "grid.json")
+  if not os.path.exists(path):
+    raise UserError(f"{path} does not exist: train and evaluate {workdir} first")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _saved(workdir: str):
+  from dnn_jax import checkpointing
+  mngr = checkpointing.manager(workdir)
+  try:
+    if mngr.latest_step() is None:
+      raise UserError(f"no checkpoint in {workdir}")
+    return checkpointing.restore_metadata(mngr)
+  finally:
+    mngr.close()
+
+
+def _macs(config) -> np.ndarray:
+  image_shape, names = input_pipeline.describe(config.data)
+  return resources.analytic_grid(models.create_model(config.model, len(names)), image_shape,
+                                 len(names))["macs"]
+
+
+def _write(out: str, name: str, record: dict, table: list[str]) -> None:
+  os.makedirs(out, exist_ok=True)
+  train.write_json(os.path.join(out, f"{name}.json"), record)
+  with open(os.path.join(out, f"{name}.md.tmp"), "w") as f:
+    f.write("\n".join(table) + "\n")
+  os.replace(os.path.join(out, f"{name}.md.tmp"), os.path.join(out, f"{name}.md"))
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig, path):
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png", dpi=120)
+  os.replace(path + ".tmp.png", path)
+
+
+def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
+  """Accuracy vs width at full depth: DNNet, full training, brute-force slicing, fine-tuning."""
+  dnn = _eval_grid(os.path.join(runs, "dnn"))
+  widths = len(dnn["widths"])
+  record = {"split": dnn["split"], "num_examples": dnn["num_examples"],
+            "widths": dnn["widths"], "dnn": list(dnn["accuracy"][-1])}
+  full = {}
+  for name in sorted(os.listdir(runs)):
+    m = re.fullmatch(r"plain_w(\d+)", name)
+    if m and os.path.exists(os.path.join(runs, name, "eval", "grid.json")):
+      full[int(m.group(1))] = _eval_grid(os.path.join(runs, name))["accuracy"][-1][-1]
+  record["full_training"] = [full.get(w) for w in range(1, widths + 1)]
+  widest = os.path.join(runs, f"plain_w{widths}")
+  if os.path.isdir(os.path.join(widest, "checkpoints")):
+    saved, _ = _saved(widest)
+    dataset = input_pipeline.load_dataset(saved.data, widest)
+    setup, variables, _, _, _ = evaluate.load_checkpoint(saved, widest,
+                                                         dataset.train.images.shape[-1])
+    variables = jax.device_get(variables)
+    bs = saved.eval.batch_size
+    record["brute_force_slicing"] = baselines.brute_force_accuracy(
+        setup.model, variables, dataset.eval, bs, setup.batch_sharding).tolist()
+    record["fine_tuning"] = baselines.fine_tune_accuracy(
+        setup.model, variables, dataset.train, dataset.eval, bs, setup.batch_sharding,
+        epochs=fine_tune_epochs, progress=train.log).tolist()
+  labels = {"dnn": "DNNet (one network)", "full_training": "full training (one net per width)",
+            "brute_force_slicing": "brute-force slicing", "fine_tuning": "fine-tuning"}
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for key, label in labels.items():
+    if key in record:
+      ys = [np.nan if v is None else 100 * v for v in record[key]]
+      ax.plot(record["widths"], ys, marker="o", label=label)
+  ax.set_xlabel("width (channel groups), full depth")
+  ax.set_ylabel(f"{record['split']} accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  os.makedirs(out, exist_ok=True)
+  _save(fig, os.path.join(out, "fig4.png"))
+  keys = [k for k in labels if k in record]
+  table = [f"# Fig. 4: accuracy (%) vs width at full depth ({record['split']} split, "
+           f"{record['num_examples']} images)", "",
+           "| width | " + " | ".join(labels[k] for k in keys) + " |",
+           "|---" * (len(keys) + 1) + "|"]
+  for i, w in enumerate(record["widths"]):
+    cells = ["" if record[k][i] is None else f"{100 * record[k][i]:.2f}" for k in keys]
+    table.append(f"| {w} | " + " | ".join(cells) + " |")
+  _write(out, "fig4", record, table)
+  return record
+
+
+def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
+  """Every feasible sub-network under a MAC budget: DNNet vs the depth-only network."""
+  dnn_dir, depth_dir = os.path.join(runs, "dnn"), os.path.join(runs, "depth_only")
+  dnn_cfg, _ = _saved(dnn_dir)
+  dnn_acc = np.array(_eval_grid(dnn_dir)["accuracy"])
+  dnn_macs = _macs(dnn_cfg)
+  budget = budget_macs or float(dnn_macs[-1, -1]) / 3
+  limits = {"macs": budget}
+  record = {"budget_macs": budget, "split": _eval_grid(dnn_dir)["split"]}
+  best = select.select(dnn_acc, {"macs": dnn_macs.astype(float)}, limits)
+  ok = dnn_macs <= budget
+  record["dnn"] = {"best": best, "feasible": [
+      {"id": f"D{d + 1}W{c + 1}", "accuracy": float(dnn_acc[d, c]), "macs": int(dnn_macs[d, c])}
+      for d, c in np.argwhere(ok)]}
+  depth_acc = depth_macs = None
+  if os.path.exists(os.path.join(depth_dir, "eval", "grid.json")):
+    depth_cfg, _ = _saved(depth_dir)
+    depth_acc = np.array(_eval_grid(depth_dir)["accuracy"])[:, -1]
+    depth_macs = _macs(depth_cfg)[:, -1]
+    feasible = [(d, float(a), int(m)) for d, (a, m) in enumerate(zip(depth_acc, depth_macs))
+                if m <= budget]
+    record["depth_only"] = {
+        "best": max(({"id": f"D{d + 1}", "accuracy": a, "macs": m} for d, a, m in feasible),
+                    key=lambda r: r["accuracy"], default=None),
+        "feasible": [{"id": f"D{d + 1}", "accuracy": a, "macs": m} for d, a, m in feasible]}
+  plt = _plt()
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5),
+                           gridspec_kw={"width_ratios": [1, max(dnn_acc.shape[1], 2)]})
+  if depth_acc is not None:
+    col = np.where(depth_macs <= budget, 100 * depth_acc, np.nan)[:, None]
+    axes[0].imshow(col, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    for d, v in enumerate(col[:, 0]):
+      if not np.isnan(v):
+        axes[0].text(0, d, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
+    axes[0].set_xticks([])
+    axes[0].set_yticks(range(len(col)), [str(d + 1) for d in range(len(col))])
+  axes[0].set_title("depth-only")
+  axes[0].set_ylabel("depth")
+  grid = np.where(ok, 100 * dnn_acc, np.nan)
+  axes[1].imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
+  for d, c in np.argwhere(ok):
+    axes[1].text(c, d, f"{grid[d, c]:.1f}", ha="center", va="center", fontsize=7, color="w")
+  axes[1].set_xticks(range(grid.shape[1]), [str(c + 1) for c in range(grid.shape[1])])
+  axes[1].set_yticks(range(grid.shape[0]), [str(d + 1) for d in range(grid.shape[0])])
+  axes[1].set_xlabel("width")
+  axes[1].set_title(f"DNNet: accuracy (%) of sub-networks within {budget:,.0f} MACs")
+  os.makedirs(out, exist_ok=True)
+  _save(fig, os.path.join(out, "fig5.png"))
+  plt.close(fig)
+  table = [f"# Fig. 5: sub-networks within {budget:,.0f} MACs ({record['split']} accuracy)", ""]
+  if best:
+    table.append(f"Best DNNet sub-network: **{best['id']}**, {100 * best['accuracy']:.2f}% "
+                 f"({best['macs']:,.0f} MACs).")
+  if record.get("depth_only", {}).get("best"):
+    b = record["depth_only"]["best"]
+    table.append(f"Best depth-only exit: **{b['id']}**, {100 * b['accuracy']:.2f}% "
+                 f"({b['macs']:,} MACs).")
+  table += ["", "| network | sub-network | accuracy (%) | MACs |", "|---|---|---|---|"]
+  for label, key in (("DNNet", "dnn"), ("depth-only", "depth_only")):
+    for r in sorted(record.get(key, {}).get("feasible", []), key=lambda r: -r["accuracy"]):
+      table.append(f"| {label} | {r['id']} | {100 * r['accuracy']:.2f} | {r['macs']:,} |")
+  _write(out, "fig5", record, table)
+  return record
+
+
+def grid(runs: str, out: str) -> dict:
+  """The DNNet's accuracy grid next to its MAC grid."""
+  dnn_dir = os.path.join(runs, "dnn")
+  cfg, _ = _saved(dnn_dir)
+  acc = _eval_grid(dnn_dir)
+  macs = _macs(cfg)
+  os.makedirs(out, exist_ok=True)
+  plots.grid_heatmap(np.array(acc["accuracy"]), os.path.join(out, "grid_accuracy.png"),
+                     f"DNNet {acc['split']} accuracy (%)", scale=100.0)
+  plots.grid_heatmap(macs, os.path.join(out, "grid_macs.png"), "MACs (M) per sub-network",
+                     scale=1e-6, fmt="{:.2f}")
+  record = {"split": acc["split"], "num_examples": acc["num_examples"],
+            "accuracy": acc["accuracy"], "macs": macs.tolist()}
+  d, w = np.array(acc["accuracy"]).shape
+  table = [f"# DNNet accuracy (%) / MACs (M) per sub-network ({acc['split']} split)", "",
+           "| depth \\ width | " + " | ".join(str(c + 1) for c in range(w)) + " |",
+           "|---" * (w + 1) + "|"]
+  for i in range(d):
+    table.append(f"| {i + 1} | " + " | ".join(
+        f"{100 * acc['accuracy'][i][c]:.1f} / {macs[i, c] / 1e6:.2f}" for c in range(w)) + " |")
+  _write(out, "grid", record, table)
+  return record
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("figure", choices=("fig4", "fig5", "grid"))
+  ap.add_argument("--runs", required=True, help="folder of the trained workdirs")
+  ap.add_argument("--out", required=True, help="results folder")
+  ap.add_argument("--budget_macs", type=float, default=None,
+                  help="fig5: MAC budget (default: a third of the full DNNet's MACs)")
+  ap.add_argument("--fine_tune_epochs", type=int, default=30)
+  args = ap.parse_args(argv)
+  try:
+    if args.figure == "fig4":
+      fig4(args.runs, args.out, args.fine_tune_epochs)
+    elif args.figure == "fig5":
+      fig5(args.runs, args.out, args.budget_macs)
+    else:
+      grid(args.runs, args.out)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  main()
