@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
 
 import jax
 import ml_collections
@@ -31,6 +33,26 @@ def abstract_like(tree, sharding):
   """Shape/dtype structs of `tree` carrying `sharding`: the restore target."""
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: str, log=print):
+  """Restores the newest checkpoint that reads back; unreadable ones are moved aside to
+  DIR/corrupt_checkpoints/ (never deleted) and reported. Raises UserError if none reads."""
+  from dnn_jax.errors import UserError
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return restore(mngr, abstract_state, step)
+    except Exception as e:  # Orbax raises many types for truncated or corrupt files.
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+      if jax.process_index() == 0:
+        aside = os.path.join(workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, str(step)), aside)
+        log(f"Checkpoint step {step} is unreadable ({reason}); moved to {aside}")
+      mngr.reload()
+  raise UserError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)} "
+                  f"(tried steps {steps}; see {os.path.join(workdir, 'corrupt_checkpoints')})")
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):

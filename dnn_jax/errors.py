@@ -11,3 +11,15 @@ class ConfigError(UserError):
 
 class DataError(UserError):
   """Missing, unreadable or inconsistent data."""
+
+
+class RunError(Exception):
+  """A run that cannot go on (non-finite loss, unwritable checkpoint): one line, exit code 1."""
+
+
+class TrainingInterrupted(Exception):
+  """SIGTERM/SIGINT: a checkpoint was saved; the same command resumes."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum

@@ -8,7 +8,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from dnn_jax.errors import UserError
+from dnn_jax.errors import RunError, TrainingInterrupted, UserError
 
 MODES = ("train", "eval", "resources", "select", "trace", "export")
 
@@ -50,6 +50,12 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except RunError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except TrainingInterrupted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import functools
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -22,7 +24,7 @@ from dnn_jax import checkpointing
 from dnn_jax import config_validation
 from dnn_jax import input_pipeline
 from dnn_jax import models
-from dnn_jax.errors import DataError
+from dnn_jax.errors import DataError, RunError, TrainingInterrupted, UserError
 from dnn_jax.metric_writers import MetricWriter
 
 # Independent random streams derived from config.seed.
@@ -33,8 +35,41 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RunError):
   pass
+
+
+def _check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"--workdir {workdir} is not writable ({e.strerror or e})") from e
+
+
+class _StopSignals:
+  """Turns SIGTERM/SIGINT into a flag the training loop checks after every step."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def log(message: str) -> None:
@@ -212,7 +247,7 @@ def num_train_steps(config, num_examples: int) -> tuple[int, int]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from DIR/checkpoints if present); returns the train summary."""
   config_validation.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  _check_writable(workdir)
   dataset = input_pipeline.load_dataset(config.data, workdir)
   setup = make_setup(config, dataset.num_classes, dataset.train.images.shape[-1])
   spe, total_steps = num_train_steps(config, len(dataset.train))
@@ -225,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_fn, init_key, abstract = abstract_state(setup, tx, image_shape, config.seed)
   mngr = checkpointing.manager(workdir, config.checkpoint)
   if mngr.latest_step() is not None:
-    state = checkpointing.restore(mngr, abstract)
+    state = checkpointing.restore_latest_good(mngr, abstract, workdir, log)
     log(f"Resumed from {workdir}/{checkpointing.CHECKPOINT_DIR} at step {int(state.step)}")
   else:
     state = init_fn(init_key)
@@ -270,28 +305,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{images_per_s:.0f} img/s  ETA {_duration(eta)}")
     t_window, window_start = now, step
 
-  try:
-    for step, images, labels in batches.iterate(start_step, total_steps):
-      state, metrics = step_fn(state, images, labels)
-      pending.append(metrics)
-      done = step + 1
-      if done % config.train.log_every_steps == 0 or done == total_steps:
-        flush(done)
-      if done % config.checkpoint.every_steps == 0 and done < total_steps:
-        flush(done)
-        checkpointing.save(mngr, state, config, dataset.class_names)
-      if config.train.eval_every_steps and done % config.train.eval_every_steps == 0:
-        grid = setup.accuracy_grid(variables(state), dataset.eval, config.eval.batch_size)
-        writer.write_scalars(done, {"eval_full_exit_accuracy": grid[-1, -1],
-                                    "eval_mean_exit_accuracy": grid.mean()})
-        log(f"eval at step {done}: full exit {grid[-1, -1]:.4f}, grid mean {grid.mean():.4f}")
-    flush(total_steps)
-    if mngr.latest_step() != int(jax.device_get(state.step)):
+  def save(step: int) -> None:
+    try:
       checkpointing.save(mngr, state, config, dataset.class_names)
-    mngr.wait_until_finished()
-  finally:
-    writer.close()
-    mngr.close()
+      mngr.wait_until_finished()
+    except OSError as e:
+      raise RunError(f"could not write the checkpoint of step {step} to "
+                     f"{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)} "
+                     f"({e.strerror or e}); the previous one, step {mngr.latest_step()}, "
+                     "is intact") from e
+
+  with _StopSignals() as stop:
+    try:
+      for step, images, labels in batches.iterate(start_step, total_steps):
+        state, metrics = step_fn(state, images, labels)
+        pending.append(metrics)
+        done = step + 1
+        if done % config.train.log_every_steps == 0 or done == total_steps:
+          flush(done)
+        if stop.signum is not None and done < total_steps:
+          flush(done)
+          save(done)
+          name = signal.Signals(stop.signum).name
+          raise TrainingInterrupted(f"stopped by {name} at step {done}; checkpoint saved in "
+                                    f"{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}; "
+                                    "rerun the same command to resume", stop.signum)
+        if done % config.checkpoint.every_steps == 0 and done < total_steps:
+          flush(done)
+          save(done)
+        if config.train.eval_every_steps and done % config.train.eval_every_steps == 0:
+          grid = setup.accuracy_grid(variables(state), dataset.eval, config.eval.batch_size)
+          writer.write_scalars(done, {"eval_full_exit_accuracy": grid[-1, -1],
+                                      "eval_mean_exit_accuracy": grid.mean()})
+          log(f"eval at step {done}: full exit {grid[-1, -1]:.4f}, grid mean {grid.mean():.4f}")
+      flush(total_steps)
+      if mngr.latest_step() != int(jax.device_get(state.step)):
+        save(total_steps)
+      mngr.wait_until_finished()
+    finally:
+      writer.close()
+      mngr.close()
 
   wall = time.time() - t_start
   summary = {"final_step": int(jax.device_get(state.step)), "wall_seconds": round(wall, 2),

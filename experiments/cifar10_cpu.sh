@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Reduced-scale reproduction on the shared CIFAR-10 JPEG images (issue: paper experiments).
+# Trains every network the figures need, one after another (each resumes from its checkpoints:
+# rerun the same command after an interruption), then writes the figures.
+#   experiments/cifar10_cpu.sh [RUNS_DIR] [RESULTS_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-runs/cifar10_cpu}
+out=${2:-results/cifar10_cpu}
+train() {  # name, config
+  if [ -f "$runs/$1/eval/grid.json" ] && [ -f "$runs/$1/train_summary.json" ]; then
+    echo "done: $1"; return; fi
+  echo "=== $1: $2 ($(date -u +%FT%TZ))"
+  python -m dnn_jax.main --config="$2" --workdir="$runs/$1"
+}
+train dnn configs/cifar10_cpu.py
+train plain_w8 configs/baseline.py:cifar10_cpu,plain
+train depth_only configs/baseline.py:cifar10_cpu,depth_only
+for w in 6 4 2 1 3 5 7; do
+  train "plain_w$w" "configs/baseline.py:cifar10_cpu,plain,$w"
+done
+python -m dnn_jax.experiments grid --runs="$runs" --out="$out"
+python -m dnn_jax.experiments fig5 --runs="$runs" --out="$out"
+python -m dnn_jax.experiments fig4 --runs="$runs" --out="$out"

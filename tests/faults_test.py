@@ -1,0 +1,134 @@
+"""Preemption and faults: signals, SIGKILL at arbitrary moments, corrupt checkpoints, NaNs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dnn_jax import train
+from tests.conftest import ROOT
+
+ARGS = ["--config=configs/tiny.py", "--config.train.num_steps=120",
+        "--config.train.log_every_steps=2", "--config.checkpoint.every_steps=10",
+        "--config.checkpoint.max_to_keep=3"]
+
+
+def _start(workdir, *extra):
+  return subprocess.Popen([sys.executable, "-m", "dnn_jax.main", f"--workdir={workdir}",
+                           *ARGS, *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _logged_step(workdir) -> int:
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      lines = f.read().splitlines()
+    return json.loads(lines[-1])["step"] if lines else 0
+  except (FileNotFoundError, json.JSONDecodeError, IndexError):
+    return 0
+
+
+def _wait_for_step(proc, workdir, step, timeout=120):
+  t = time.time()
+  while _logged_step(workdir) < step:
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - t < timeout
+    time.sleep(0.02)
+
+
+def _sha(workdir):
+  with open(os.path.join(workdir, "train_summary.json")) as f:
+    return json.load(f)["params_sha256"]
+
+
+@pytest.fixture(scope="module")
+def reference_sha(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  proc = _start(workdir)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  return _sha(workdir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, reference_sha, sig):
+  workdir = str(tmp_path)
+  proc = _start(workdir)
+  _wait_for_step(proc, workdir, 24)
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + sig, err
+  assert f"stopped by {signal.Signals(sig).name} at step" in err and "Traceback" not in err
+  stopped_at = int(err.split(" at step ")[1].split(";")[0])
+  assert str(stopped_at) in os.listdir(os.path.join(workdir, "checkpoints"))
+  proc = _start(workdir)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert f"Resumed from {workdir}/checkpoints at step {stopped_at}" in out
+  assert _sha(workdir) == reference_sha
+
+
+def test_sigkill_at_arbitrary_moments_then_resume_gives_the_same_run(tmp_path, reference_sha):
+  workdir = str(tmp_path)
+  for kill_at in (7, 31, 58, 95):  # Between, just after and during checkpoint saves.
+    proc = _start(workdir)
+    _wait_for_step(proc, workdir, kill_at)
+    proc.kill()
+    proc.communicate()
+  proc = _start(workdir)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert _sha(workdir) == reference_sha
+
+
+def _corrupt(step_dir):
+  """Truncates every data file of a checkpoint step."""
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      if "metadata" not in name and not name.startswith("_"):
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_config):
+  workdir = str(tmp_path)
+  first = train.train_and_evaluate(tiny_config, workdir)  # Checkpoints 5..20 (keeps 10).
+  _corrupt(os.path.join(workdir, "checkpoints", "20"))
+  again = train.train_and_evaluate(tiny_config, workdir)
+  assert again["resumed_from_step"] == 15
+  assert again["params_sha256"] == first["params_sha256"]
+  assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))  # Moved aside, not deleted.
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  workdir = str(tmp_path)
+  proc = _start(workdir, "--config.train.num_steps=20")
+  proc.communicate(timeout=300)
+  for step in os.listdir(os.path.join(workdir, "checkpoints")):
+    _corrupt(os.path.join(workdir, "checkpoints", step))
+  proc = _start(workdir, "--config.train.num_steps=20")
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2 and "no readable checkpoint in" in err, err
+  assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 2  # steps 10, 20
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  proc = _start(workdir, "--config.train.learning_rate=1e9", "--config.train.num_steps=40")
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1, err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: non-finite loss at step "), err
+  assert not os.path.exists(os.path.join(workdir, "train_summary.json"))
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  proc = _start(str(blocker / "run"))
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2 and "is not writable" in err and "Traceback" not in err, err
