@@ -21,6 +21,27 @@ _MODE = flags.DEFINE_enum(
     "resources: MACs/params/memory/latency of every sub-network; select: best sub-network "
     "under config.budget; trace: choices over a budget time series; export: one sub-network "
     "as StableHLO.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "off", ("off", "auto", "explicit"),
+    "Multi-host: auto = jax.distributed.initialize() from the cluster environment (Cloud TPU "
+    "VM, SLURM, ...); explicit = from --coordinator_address/--num_processes/--process_id.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def initialize_distributed(mode: str) -> None:
+  """Joins the multi-host job before JAX touches any device."""
+  import jax
+  if mode == "off":
+    return
+  if mode == "explicit":
+    if not (_COORDINATOR.value and _NUM_PROCESSES.value and _PROCESS_ID.value is not None):
+      raise UserError("--distributed=explicit needs --coordinator_address, --num_processes "
+                      "and --process_id")
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  else:
+    jax.distributed.initialize()
 
 
 def run(config, workdir: str, mode: str) -> None:
@@ -46,6 +67,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   try:
+    initialize_distributed(_DISTRIBUTED.value)
     run(_CONFIG.value, os.path.expanduser(_WORKDIR.value), _MODE.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

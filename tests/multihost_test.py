@@ -1,0 +1,64 @@
+"""Two local CPU processes (coordinator on 127.0.0.1) train the same model as one process."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.conftest import ROOT
+
+_DUMP = """
+import sys
+import jax, numpy as np
+from configs import tiny
+from dnn_jax import evaluate
+c = tiny.get_config()
+_, v, _, _, _ = evaluate.load_checkpoint(c, sys.argv[1], 1)
+flat = jax.tree_util.tree_flatten_with_path(jax.device_get(v))[0]
+np.savez(sys.argv[2], **{jax.tree_util.keystr(p): x for p, x in flat})
+"""
+
+ARGS = ["--config=configs/tiny.py", "--config.train.num_steps=12",
+        "--config.checkpoint.every_steps=5"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def test_two_processes_train_the_same_model_as_one(tmp_path):
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  subprocess.run([sys.executable, "-m", "dnn_jax.main", f"--workdir={one}", *ARGS], cwd=ROOT,
+                 env=_env(), check=True, capture_output=True, timeout=300)
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "dnn_jax.main", f"--workdir={two}", *ARGS,
+       "--distributed=explicit", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"], cwd=ROOT, env=_env(),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err
+  # Only process 0 prints, logs and writes results.
+  assert "Training done" in outs[0][0] and "Evaluated" in outs[0][0]
+  assert "step" not in outs[1][0] and "Training done" not in outs[1][0]
+  assert os.path.exists(os.path.join(two, "eval", "grid.json"))
+  dumps = {}
+  for name, workdir in (("one", one), ("two", two)):
+    path = str(tmp_path / f"{name}.npz")
+    subprocess.run([sys.executable, "-c", _DUMP, workdir, path], cwd=ROOT, env=_env(),
+                   check=True, capture_output=True, timeout=300)
+    with np.load(path) as z:
+      dumps[name] = dict(z)
+  assert dumps["one"].keys() == dumps["two"].keys()
+  for k in dumps["one"]:
+    np.testing.assert_allclose(dumps["one"][k], dumps["two"][k], atol=2e-5, rtol=1e-4, err_msg=k)
