@@ -43,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
   l.lambda_scheme = "uniform"
   l.lambda_grid = ()  # explicit: depths x widths nested list of non-negative weights
   l.label_smoothing = 0.0
+  # Gradient of each head group: sum (as the joint loss gives it: 1/sum(lambda)-scaled) or
+  # mean (rescaled to the lambda-weighted mean over the exits that read it); see
+  # train.head_gradient_scale.
+  l.head_gradient = "sum"
   l.distill_weight = 0.0  # a: sub-exits learn (1 - a) CE + a KL(full exit || exit)
   l.distill_temperature = 1.0  # T of that distillation
 

@@ -94,6 +94,7 @@ def validate(config, device_count: int | None = None) -> None:
   _require(0.0 <= l.label_smoothing < 1.0, "loss.label_smoothing",
            f"{l.label_smoothing} not in [0, 1)")
 
+  _one_of(l.head_gradient, "loss.head_gradient", ("sum", "mean"))
   _require(0.0 <= l.distill_weight <= 1.0, "loss.distill_weight",
            f"{l.distill_weight} not in [0, 1]")
   _require(l.distill_temperature > 0, "loss.distill_temperature",

@@ -122,6 +122,30 @@ def joint_loss(logits_BxLxGxK: jax.Array, labels_B: jax.Array, lam_LxG: jax.Arra
   return jnp.sum(lam_LxG * per_exit_LxG) / jnp.sum(lam_LxG), ce_LxG
 
 
+def head_gradient_scale(lam_LxG: np.ndarray) -> np.ndarray:
+  """Per (depth, group) factor that turns a head group's gradient into the lambda-weighted
+  *mean* over the exits that read it, instead of a 1 / sum(lambda)-scaled sum.
+
+  Head group k of depth d feeds exits (d, c >= k) only, so under the joint loss its gradient
+  is smaller by sum(lambda) / sum_{c >= k} lambda(d, c) (up to 56x for 7 x 8 exits) than the
+  backbone's: heads learn far slower than in a plain network unless rescaled.
+  """
+  consumers_LxG = np.cumsum(lam_LxG[:, ::-1], axis=1)[:, ::-1]
+  with np.errstate(divide="ignore"):
+    scale = np.where(consumers_LxG > 0, lam_LxG.sum() / consumers_LxG, 0.0)
+  return scale.astype(np.float32)
+
+
+def _scale_head_grads(grads, scale_LxG: np.ndarray):
+  grads = dict(grads)
+  for d in range(scale_LxG.shape[0]):
+    head = dict(grads[f"exit_{d + 1}"])
+    head["kernel"] = head["kernel"] * scale_LxG[d][:, None, None]
+    head["bias"] = head["bias"] * scale_LxG[d][:, None]
+    grads[f"exit_{d + 1}"] = head
+  return grads
+
+
 def learning_rate_schedule(train_config, steps_per_epoch: int, total_steps: int):
   t = train_config
   warmup = min(int(round(t.warmup_epochs * steps_per_epoch)), total_steps)
@@ -167,6 +191,8 @@ def train_step(state: TrainState, images_BxHxWxC: jax.Array, labels_B: jax.Array
 
   (loss, (logits, ce_LxG, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
+  if loss_config.head_gradient == "mean":
+    grads = _scale_head_grads(grads, head_gradient_scale(lam_LxG))
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   correct_LxG = jnp.mean(jnp.argmax(logits, -1) == labels_B[:, None, None], axis=0)
   metrics = {"loss": loss, "full_exit_ce": ce_LxG[-1, -1],

@@ -40,6 +40,41 @@ def test_lambda_schemes():
   np.testing.assert_array_equal(train.lambda_grid(cfg, 3, 2), np.arange(6).reshape(3, 2))
 
 
+def test_head_gradient_scale_turns_sums_into_means():
+  np.testing.assert_allclose(train.head_gradient_scale(np.ones((2, 3), np.float32)),
+                             [[2, 3, 6], [2, 3, 6]])
+  final = np.zeros((2, 3), np.float32)
+  final[-1, -1] = 1.0  # A plain network's loss: its one head is left as it is.
+  np.testing.assert_allclose(train.head_gradient_scale(final), [[0, 0, 0], [1, 1, 1]])
+
+
+def test_head_gradient_mean_scales_only_the_heads(tiny_config):
+  from dnn_jax import input_pipeline, models
+  ds = input_pipeline.load_dataset(tiny_config.data)
+  setup = train.make_setup(tiny_config, 10, 1)
+  lam = train.lambda_grid(tiny_config.loss, *models.grid_shape(tiny_config.model))
+  tx = train.create_optimizer(tiny_config.train, 0.0)  # Updates stay zero: compare grads.
+  state = train.init_state(setup.model, tx, jax.random.key(0), (8, 8, 1))
+  images, labels = ds.train.images[:32], ds.train.labels[:32]
+
+  def grads(mode):
+    tiny_config.loss.head_gradient = mode
+    captured = {}
+    tx_capture = train.optax.GradientTransformation(
+        lambda p: (), lambda g, s, p=None: (captured.setdefault("g", g), s))
+    st = state.replace(tx=tx_capture, opt_state=())
+    train.train_step(st, images, labels, lam_LxG=lam, seed=0, data_config=tiny_config.data,
+                     loss_config=tiny_config.loss)
+    return captured["g"]
+
+  g_sum, g_mean = grads("sum"), grads("mean")
+  scale = train.head_gradient_scale(lam)
+  np.testing.assert_allclose(g_mean["exit_2"]["kernel"],
+                             g_sum["exit_2"]["kernel"] * scale[1][:, None, None], rtol=1e-5)
+  np.testing.assert_allclose(g_mean["block_1"]["conv1"]["kernel"],
+                             g_sum["block_1"]["conv1"]["kernel"], rtol=1e-6)
+
+
 def test_joint_loss_is_the_lambda_weighted_mean_of_exit_losses():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(4, 3, 2, 5)).astype(np.float32)
