@@ -64,19 +64,6 @@ def _write(out: str, name: str, record: dict, table: list[str]) -> None:
   os.replace(os.path.join(out, f"{name}.md.tmp"), os.path.join(out, f"{name}.md"))
 
 
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def _save(fig, path):
-  fig.tight_layout()
-  fig.savefig(path + ".tmp.png", dpi=120)
-  os.replace(path + ".tmp.png", path)
-
-
 def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
   """Accuracy vs width at full depth: DNNet, full training, brute-force slicing, fine-tuning."""
   dnn = _eval_grid(os.path.join(runs, "dnn"))
@@ -104,8 +91,8 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
         epochs=fine_tune_epochs, progress=train.log).tolist()
   labels = {"dnn": "DNNet (one network)", "full_training": "full training (one net per width)",
             "brute_force_slicing": "brute-force slicing", "fine_tuning": "fine-tuning"}
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig = plots.figure(figsize=(6.5, 4))
+  ax = fig.subplots()
   for key, label in labels.items():
     if key in record:
       ys = [np.nan if v is None else 100 * v for v in record[key]]
@@ -115,7 +102,7 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
   ax.grid(alpha=0.3)
   ax.legend()
   os.makedirs(out, exist_ok=True)
-  _save(fig, os.path.join(out, "fig4.png"))
+  plots.save(fig, os.path.join(out, "fig4.png"))
   keys = [k for k in labels if k in record]
   table = [f"# Fig. 4: accuracy (%) vs width at full depth ({record['split']} split, "
            f"{record['num_examples']} images)", "",
@@ -153,9 +140,8 @@ def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
         "best": max(({"id": f"D{d + 1}", "accuracy": a, "macs": m} for d, a, m in feasible),
                     key=lambda r: r["accuracy"], default=None),
         "feasible": [{"id": f"D{d + 1}", "accuracy": a, "macs": m} for d, a, m in feasible]}
-  plt = _plt()
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5),
-                           gridspec_kw={"width_ratios": [1, max(dnn_acc.shape[1], 2)]})
+  fig = plots.figure(figsize=(12, 4.5))
+  axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, max(dnn_acc.shape[1], 2)]})
   if depth_acc is not None:
     col = np.where(depth_macs <= budget, 100 * depth_acc, np.nan)[:, None]
     axes[0].imshow(col, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
@@ -175,8 +161,7 @@ def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
   axes[1].set_xlabel("width")
   axes[1].set_title(f"DNNet: accuracy (%) of sub-networks within {budget:,.0f} MACs")
   os.makedirs(out, exist_ok=True)
-  _save(fig, os.path.join(out, "fig5.png"))
-  plt.close(fig)
+  plots.save(fig, os.path.join(out, "fig5.png"))
   table = [f"# Fig. 5: sub-networks within {budget:,.0f} MACs ({record['split']} accuracy)", ""]
   if best:
     table.append(f"Best DNNet sub-network: **{best['id']}**, {100 * best['accuracy']:.2f}% "

@@ -11,14 +11,12 @@ def grid_heatmap(values_LxG, path: str, title: str, *, fmt: str = "{:.1f}",
                  scale: float = 1.0, cbar_label: str = "", annotate: bool = True,
                  mask=None) -> None:
   """Writes a heatmap of a depths x widths grid (row 1 = shallowest exit) to `path`."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   values = np.asarray(values_LxG, np.float64) * scale
   if mask is not None:  # Cells outside the mask are left blank.
     values = np.where(mask, values, np.nan)
   depths, widths = values.shape
-  fig, ax = plt.subplots(figsize=(1.5 + 0.42 * max(widths, 10), 1.0 + 0.36 * max(depths, 6)))
+  fig = figure(figsize=(1.5 + 0.42 * max(widths, 10), 1.0 + 0.36 * max(depths, 6)))
+  ax = fig.subplots()
   im = ax.imshow(values, origin="lower", cmap="viridis", aspect="auto")
   ax.set_xticks(range(widths), [str(w + 1) for w in range(widths)])
   ax.set_yticks(range(depths), [str(d + 1) for d in range(depths)])
@@ -36,8 +34,18 @@ def grid_heatmap(values_LxG, path: str, title: str, *, fmt: str = "{:.1f}",
       ax.text(w, d, fmt.format(v), ha="center", va="center", fontsize=font,
               color="white" if dark else "black")
   fig.colorbar(im, ax=ax, label=cbar_label)
+  save(fig, path)
+
+
+def figure(**kwargs):
+  """A matplotlib Figure outside pyplot: no backend is switched, nothing leaks."""
+  from matplotlib.figure import Figure
+  return Figure(**kwargs)
+
+
+def save(fig, path: str, dpi: int = 120) -> None:
+  """Writes `fig` as PNG atomically (temp file + rename)."""
   fig.tight_layout()
   tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
+  fig.savefig(tmp, dpi=dpi)
   os.replace(tmp, path)

@@ -276,11 +276,10 @@ def _pct(x):
 
 
 def _plot_trace(steps, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from dnn_jax import plots
   keys = [k for k in LIMITS if any(k in s["limits"] for s in steps)]
-  fig, axes = plt.subplots(len(keys) + 1, 1, figsize=(8, 2.4 * (len(keys) + 1)), sharex=True)
+  fig = plots.figure(figsize=(8, 2.4 * (len(keys) + 1)))
+  axes = fig.subplots(len(keys) + 1, 1, sharex=True, squeeze=False)[:, 0]
   t = [s["step"] for s in steps]
   get = lambda label, fn: [fn(s[label]) if s[label] else np.nan for s in steps]
   axes[0].step(t, get("dnn", lambda c: 100 * c["accuracy"]), where="post", label="DNNet")
@@ -297,11 +296,7 @@ def _plot_trace(steps, path: str) -> None:
     ax.set_ylabel(k)
     ax.legend(fontsize=7)
   axes[-1].set_xlabel("time step")
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  plots.save(fig, path)
 
 
 def _write_text(path: str, text: str) -> None:
