@@ -58,11 +58,22 @@ def load_dataset(data_config, workdir: str | None = None) -> Dataset:
   loaders = {"digits": _load_digits, "tfds": _load_tfds, "image_folder": _load_image_folder}
   train, test, class_names = loaders[data_config.source](data_config, workdir,
                                                          data_config.eval_split == "test")
+  check_labels(train, len(class_names), f"{data_config.source} train split")
+  if test is not None:
+    check_labels(test, len(class_names), f"{data_config.source} test split")
   if data_config.eval_split == "validation":
     train, held_out = carve(train, data_config.validation_fraction)
   else:
     held_out = test
   return Dataset(train, held_out, data_config.eval_split, tuple(class_names))
+
+
+def check_labels(split: Split, num_classes: int, where: str) -> None:
+  """Every label must name a class: a clear error instead of a silent wrong one-hot."""
+  bad = np.flatnonzero((split.labels < 0) | (split.labels >= num_classes))
+  if bad.size:
+    raise DataError(f"{where}: example {bad[0]} has label {split.labels[bad[0]]}, outside the "
+                    f"{num_classes} classes ({bad.size} such examples)")
 
 
 def describe(data_config) -> tuple[tuple[int, int, int], tuple[str, ...]]:
@@ -139,14 +150,17 @@ def _folder_files(split_dir: str) -> tuple[list[str], list[tuple[str, int]]]:
 
 
 def _decode_folder(split_dir: str, files, image_size: int) -> Split:
+  """Decodes every image; grayscale, palette and CMYK images become RGB (and are counted)."""
   from PIL import Image
-  images, labels = [], []
+  images, labels, converted = [], [], 0
   for rel, label in files:
     path = os.path.join(split_dir, rel)
     try:
       with Image.open(path) as im:
-        im = im.convert("RGB")
-        array = np.asarray(im, np.uint8)
+        if im.mode != "RGB":
+          converted += 1
+          im = im.convert("RGB")
+        array = np.asarray(im, np.uint8)  # Decodes: truncated files fail here.
     except Exception as e:
       raise DataError(f"cannot decode image {path}: {e}") from e
     size = image_size or (images[0].shape[0] if images else array.shape[0])
@@ -155,6 +169,9 @@ def _decode_folder(split_dir: str, files, image_size: int) -> Split:
                       f"{size}x{size} (config.data.image_size)")
     images.append(array)
     labels.append(label)
+  if converted and jax.process_index() == 0:
+    print(f"{split_dir}: converted {converted} non-RGB (grayscale, palette, CMYK) images to RGB",
+          flush=True)
   return Split(np.stack(images), np.asarray(labels, np.int32))
 
 

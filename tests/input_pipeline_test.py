@@ -146,3 +146,32 @@ def test_image_folder_bad_images_are_named(tiny_config, tmp_path):
   tiny_config.data.eval_split = "test"
   with pytest.raises(DataError, match="test.* does not exist"):
     input_pipeline.load_dataset(tiny_config.data)
+
+
+def test_image_folder_grayscale_is_converted_and_truncated_files_are_named(tiny_config, tmp_path,
+                                                                          capsys):
+  root = str(tmp_path)
+  _write_folder(root, "train", ["a", "b"], 3, fmt="JPEG")
+  tiny_config.data.source, tiny_config.data.root = "image_folder", root
+  tiny_config.data.eval_split = "validation"
+  tiny_config.data.validation_fraction = 0.3
+  gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+  Image.fromarray(gray, "L").save(os.path.join(root, "train", "a", "gray.png"))
+  ds = input_pipeline.load_dataset(tiny_config.data)
+  assert "converted 1 non-RGB" in capsys.readouterr().out
+  decoded = np.concatenate([ds.train.images, ds.eval.images])
+  assert any(np.array_equal(img, np.repeat(gray[..., None], 3, -1)) for img in decoded)
+  jpeg = os.path.join(root, "train", "b", "0.jpeg")
+  with open(jpeg, "rb") as f:
+    data = f.read()
+  with open(jpeg, "wb") as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(DataError, match="cannot decode image .*0.jpeg"):
+    input_pipeline.load_dataset(tiny_config.data)
+
+
+def test_labels_outside_the_classes_are_an_error():
+  split = input_pipeline.Split(np.zeros((3, 2, 2, 1), np.uint8), np.array([0, 9, 10], np.int32))
+  with pytest.raises(DataError, match="example 2 has label 10, outside the 10 classes"):
+    input_pipeline.check_labels(split, 10, "tfds train split")
+  input_pipeline.check_labels(split, 11, "tfds train split")
