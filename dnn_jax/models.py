@@ -53,6 +53,7 @@ class CausalConv(nn.Module):
   grouped_input: bool = True  # False for the image: every group sees all its channels.
   causal: bool = True
   apply_mask: bool = True  # False for inference on kernels already masked (exported nets).
+  form: str = "masked"  # masked (one dense conv) | blocks:S (S convs over input prefixes)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -61,15 +62,32 @@ class CausalConv(nn.Module):
     mask = group_mask(cin, self.features, self.num_groups,
                       grouped_input=self.grouped_input, causal=self.causal)
     kernel = self.param("kernel", masked_he_normal(mask), (k, k, cin, self.features))
-    if self.apply_mask and not mask.all():
+    pad = k // 2
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x.astype(self.dtype), w.astype(self.dtype), window_strides=(self.strides,) * 2,
+        padding=((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if mask.all():
+      return conv(x_BxHxWxC, kernel)
+    if self.form == "masked":
       # Multiplying by the mask in the forward pass also zeroes the masked taps' gradients,
       # so they stay exactly zero (weight decay keeps zero at zero).
-      kernel = kernel * jnp.asarray(mask, kernel.dtype)
-    pad = k // 2
-    return jax.lax.conv_general_dilated(
-        x_BxHxWxC.astype(self.dtype), kernel.astype(self.dtype),
-        window_strides=(self.strides, self.strides), padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return conv(x_BxHxWxC, kernel * jnp.asarray(mask, kernel.dtype) if self.apply_mask
+                  else kernel)
+    # blocks:S -- output groups in S consecutive blocks; block j reads only the input groups
+    # up to its last group, skipping the zero blocks above the diagonal that "masked" computes.
+    g = self.num_groups
+    bounds = np.linspace(0, g, int(self.form.split(":")[1]) + 1).round().astype(int)
+    cpg_in, cpg_out = cin // g, self.features // g
+    outs = []
+    for g0, g1 in zip(bounds[:-1], bounds[1:]):
+      if g1 == g0:
+        continue
+      c_in, o0, o1 = g1 * cpg_in, g0 * cpg_out, g1 * cpg_out
+      w = kernel[:, :, :c_in, o0:o1]
+      if self.apply_mask:
+        w = w * jnp.asarray(mask[:c_in, o0:o1], w.dtype)
+      outs.append(conv(x_BxHxWxC[..., :c_in], w))
+    return jnp.concatenate(outs, axis=-1)
 
 
 def group_pad_shortcut(x_BxHxWxC: jax.Array, features: int, num_groups: int,
@@ -95,13 +113,14 @@ class ResidualBlock(nn.Module):
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
   apply_mask: bool = True
+  conv_form: str = "masked"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = lambda s, k, name: CausalConv(self.features, k, s, self.num_groups,
                                          causal=self.causal, apply_mask=self.apply_mask,
-                                         dtype=self.dtype, name=name)
+                                         form=self.conv_form, dtype=self.dtype, name=name)
     norm = lambda name, **kw: nn.BatchNorm(not train, momentum=self.bn_momentum,
                                            epsilon=1e-5, dtype=self.dtype, name=name, **kw)
     y = nn.relu(norm("bn1")(conv(self.strides, 3, "conv1")(x)))
@@ -167,6 +186,7 @@ class DNNet(nn.Module):
   input_mean: Sequence[float] = (127.5,)
   input_std: Sequence[float] = (64.0,)
   apply_masks: bool = True  # False: kernels are already masked (see subnetwork.extract)
+  conv_form: str = "masked"  # causal conv form, see CausalConv.form
   dtype: Any = jnp.float32
 
   @property
@@ -194,7 +214,8 @@ class DNNet(nn.Module):
           break
         x = ResidualBlock(g * cpg, 2 if (stage > 0 and b == 0) else 1, g, self.causal,
                           self.shortcut, self.zero_init_residual, self.bn_momentum,
-                          self.apply_masks, self.dtype, name=f"block_{exit_index}")(x, train)
+                          self.apply_masks, self.conv_form, self.dtype,
+                          name=f"block_{exit_index}")(x, train)
         exit_index += 1
         if not self.only_last_exit or exit_index == depth:
           logits.append(head(exit_index)(x))
@@ -219,6 +240,7 @@ def create_model(model_config, num_classes: int, *, depth: int | None = None,
       bn_momentum=model_config.bn_momentum,
       input_mean=tuple(input_mean) if input_mean is not None else (127.5,),
       input_std=tuple(input_std) if input_std is not None else (64.0,),
+      conv_form=model_config.conv_form,
       dtype=jnp.dtype(model_config.dtype))
 
 

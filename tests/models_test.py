@@ -221,3 +221,16 @@ def test_stage_channels_give_the_same_layout_as_channels_per_group():
   a = _model_config(num_groups=4, cpg=(1, 2, 4))
   b = _model_config(num_groups=4, cpg=(9, 9, 9), stage_channels=(4, 8, 16))
   assert models.channels_per_group(a) == models.channels_per_group(b) == (1, 2, 4)
+
+
+@pytest.mark.parametrize("form", ["blocks:1", "blocks:2", "blocks:3"])
+def test_conv_forms_compute_the_same_network(form):
+  cfg = _model_config()
+  x = _images((2, 8, 8, 3))
+  masked = models.create_model(cfg, 5)
+  variables = _random_variables(masked, (8, 8, 3))
+  other = models.create_model(_model_config(conv_form=form), 5)
+  chex.assert_trees_all_close(other.apply(variables, x), masked.apply(variables, x), atol=1e-4)
+  loss = lambda m: lambda v: jnp.sum(m.apply(v, x, train=True, mutable=["batch_stats"])[0] ** 2)
+  chex.assert_trees_all_close(jax.grad(loss(other))(variables)["params"],
+                              jax.grad(loss(masked))(variables)["params"], atol=1e-3, rtol=1e-4)
