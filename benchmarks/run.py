@@ -171,8 +171,7 @@ def bench_hardware(cfg, n):
 def bench_input_wait(cfg, n, steps):
   split = input_pipeline.Split(np.asarray(batch(4 * n)[0]), np.asarray(batch(4 * n)[1]))
   step, state = make_train_step(cfg)
-  sharding = jax.sharding.NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)),
-                                        jax.sharding.PartitionSpec("data"))
+  sharding = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec("data"))
   batches = input_pipeline.TrainBatches(split, n, 0, sharding)
   images, labels = batches.batch(0)
   jax.block_until_ready(step(state, images, labels))

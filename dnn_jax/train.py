@@ -240,15 +240,20 @@ class Setup:
     return np.sum(jax.device_get(counts), axis=0) / len(split)
 
 
+def make_mesh():
+  """One data-parallel axis over every device (of every process). Auto axes: XLA propagates
+  the batch sharding through the step (GSPMD)."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
 def make_setup(config, num_classes: int, channels: int) -> Setup:
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   if len(mean) not in (1, channels):
     raise DataError(f"config.data.mean has {len(mean)} values but the images have "
                     f"{channels} channel(s)")
   model = models.create_model(config.model, num_classes, input_mean=mean, input_std=std)
-  # Auto axes: XLA propagates the batch sharding through the step (GSPMD).
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   step = jax.jit(functools.partial(eval_step, model),
                  in_shardings=(replicated, batch, batch, batch), out_shardings=replicated)

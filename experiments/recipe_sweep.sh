@@ -12,6 +12,7 @@ common=(--config=configs/cifar10_cpu.py --config.train.num_epochs=3 --config.see
 declare -A recipes=(
   [plain_final]="--config.model.causal=False --config.loss.lambda_scheme=final"
   [dnn_uniform]=""
+  [dnn_final]="--config.loss.lambda_scheme=final"
   [dnn_linear]="--config.loss.lambda_scheme=linear"
   [dnn_uniform_mean]="--config.model.head_reduction=mean"
   [dnn_uniform_distill]="--config.loss.distill_weight=0.5"
@@ -21,7 +22,7 @@ declare -A recipes=(
   [dnn_uniform_headmean_distill]="--config.loss.head_gradient=mean --config.loss.distill_weight=0.5"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(plain_final dnn_uniform dnn_linear dnn_uniform_headmean
+[ ${#names[@]} -gt 0 ] || names=(plain_final dnn_final dnn_uniform dnn_linear dnn_uniform_headmean
                                  dnn_linear_headmean dnn_uniform_headmean_distill
                                  dnn_uniform_distill dnn_uniform_mean dnn_linear_distill)
 for name in "${names[@]}"; do
