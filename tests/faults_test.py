@@ -132,3 +132,25 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
   proc = _start(str(blocker / "run"))
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 2 and "is not writable" in err and "Traceback" not in err, err
+
+
+def test_disk_full_during_a_save_is_a_clear_error_and_latest_stays_good(tmp_path, tiny_config,
+                                                                       monkeypatch):
+  import errno
+  from dnn_jax import checkpointing
+  from dnn_jax.errors import RunError
+  real_save, calls = checkpointing.save, []
+
+  def failing_save(mngr, state, config, class_names):
+    calls.append(1)
+    if len(calls) == 3:  # The third save (step 15) finds the disk full.
+      raise OSError(errno.ENOSPC, "No space left on device")
+    real_save(mngr, state, config, class_names)
+
+  monkeypatch.setattr(checkpointing, "save", failing_save)
+  with pytest.raises(RunError, match="could not write the checkpoint of step 15 .*No space "
+                                     "left on device.*step 10, is intact"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  monkeypatch.setattr(checkpointing, "save", real_save)
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [5, 10]
+  assert train.train_and_evaluate(tiny_config, str(tmp_path))["resumed_from_step"] == 10
