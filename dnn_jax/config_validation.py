@@ -49,8 +49,8 @@ def validate(config, device_count: int | None = None) -> None:
     _require(bool(d.root), "data.root", "must name a folder with train/<class>/* images")
     root = os.path.expanduser(d.root)
     _require(os.path.isdir(root), "data.root", f"{d.root!r} is not a directory")
-    _require(os.path.isdir(os.path.join(root, "train")), "data.root",
-             f"{d.root!r} has no train/ folder (expected train/<class>/*.jpg)")
+    _require(any(os.path.isdir(os.path.join(root, s)) for s in ("train", "test")), "data.root",
+             f"{d.root!r} has neither train/ nor test/ (expected train/<class>/*.jpg)")
   _one_of(d.eval_split, "data.eval_split", EVAL_SPLITS)
   _require(0.0 < d.validation_fraction < 1.0, "data.validation_fraction",
            f"{d.validation_fraction} must be in (0, 1)")

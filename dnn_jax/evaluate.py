@@ -50,10 +50,24 @@ def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channel
   return setup, train.variables(state), step, saved, class_names
 
 
+def _checkpoint_classes(workdir: str) -> tuple[str, ...]:
+  ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  if not os.path.isdir(ckpt_dir):
+    raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+  mngr = checkpointing.manager(workdir)
+  try:
+    if mngr.latest_step() is None:
+      raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+    return tuple(checkpointing.restore_metadata(mngr)[1])
+  finally:
+    mngr.close()
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes DIR/eval/grid.json and DIR/eval/accuracy.png; returns the grid record."""
   config_validation.validate(config)
-  dataset = input_pipeline.load_dataset(config.data, workdir)
+  ckpt_classes = _checkpoint_classes(workdir)
+  dataset = input_pipeline.load_dataset(config.data, workdir, eval_only_classes=ckpt_classes)
   channels = dataset.eval.images.shape[-1]
   setup, variables, step, _, class_names = load_checkpoint(config, workdir, channels)
   if tuple(class_names) != dataset.class_names:

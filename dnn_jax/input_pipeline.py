@@ -53,8 +53,18 @@ def carve(split: Split, fraction: float) -> tuple[Split, Split]:
           Split(split.images[out], split.labels[out]))
 
 
-def load_dataset(data_config, workdir: str | None = None) -> Dataset:
-  """Loads the train split and the split selected by `data_config.eval_split`."""
+def load_dataset(data_config, workdir: str | None = None, *,
+                 eval_only_classes: tuple[str, ...] | None = None) -> Dataset:
+  """Loads the train split and the split selected by `data_config.eval_split`.
+
+  `eval_only_classes` (evaluating a trained model on an image folder's test/ split): the
+  classes come from the model, and train/ is neither needed nor decoded.
+  """
+  if (eval_only_classes and data_config.source == "image_folder"
+      and data_config.eval_split == "test"):
+    test = _load_image_folder_test(data_config, workdir, list(eval_only_classes))
+    empty = Split(test.images[:0], test.labels[:0])
+    return Dataset(empty, test, "test", tuple(eval_only_classes))
   loaders = {"digits": _load_digits, "tfds": _load_tfds, "image_folder": _load_image_folder}
   train, test, class_names = loaders[data_config.source](data_config, workdir,
                                                          data_config.eval_split == "test")
@@ -175,43 +185,58 @@ def _decode_folder(split_dir: str, files, image_size: int) -> Split:
   return Split(np.stack(images), np.asarray(labels, np.int32))
 
 
+def _test_files(root: str, classes: list[str], origin: str):
+  test_dir = os.path.join(root, "test")
+  if not os.path.isdir(test_dir):
+    raise DataError(f"config.data.eval_split='test' but {test_dir} does not exist; "
+                    "add it or set config.data.eval_split=validation")
+  test_classes, files = _folder_files(test_dir)
+  unknown = sorted(set(test_classes) - set(classes))
+  if unknown:
+    raise DataError(f"{test_dir} has classes not in {origin}: {unknown}")
+  remap = {i: classes.index(c) for i, c in enumerate(test_classes)}
+  return test_dir, [(f, remap[l]) for f, l in files]
+
+
+def _cached_folder(data_config, workdir, split_dir: str, files) -> Split:
+  """Decodes a folder once; later loads read DIR/data_cache/<hash>.npz (no pickle)."""
+  key = hashlib.sha256(json.dumps(
+      [split_dir, data_config.image_size,
+       [(f, l, os.stat(os.path.join(split_dir, f)).st_mtime_ns) for f, l in files]]).encode())
+  cache = (os.path.join(workdir, "data_cache", f"{key.hexdigest()[:16]}.npz")
+           if workdir else None)
+  if cache and os.path.exists(cache):
+    with np.load(cache, allow_pickle=False) as z:
+      return Split(z["images"], z["labels"])
+  split = _decode_folder(split_dir, files, data_config.image_size)
+  if cache and jax.process_index() == 0:
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = cache + ".tmp.npz"
+    np.savez(tmp, images=split.images, labels=split.labels)
+    os.replace(tmp, cache)
+  return split
+
+
+def _load_image_folder_test(data_config, workdir, classes: list[str]) -> Split:
+  root = os.path.abspath(os.path.expanduser(data_config.root))
+  test_dir, files = _test_files(root, classes, "the model's classes")
+  return _cached_folder(data_config, workdir, test_dir, files)
+
+
 def _load_image_folder(data_config, workdir, need_test):
   root = os.path.abspath(os.path.expanduser(data_config.root))
-  train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+  train_dir = os.path.join(root, "train")
+  if not os.path.isdir(train_dir):
+    raise DataError(f"config.data.root: {root} has no train/ folder (expected "
+                    "train/<class>/*.jpg)")
   classes, train_files = _folder_files(train_dir)
-  test_files = None
+  train = _cached_folder(data_config, workdir, train_dir, train_files)
+  test = None
   if need_test:
-    if not os.path.isdir(test_dir):
-      raise DataError(f"config.data.eval_split='test' but {test_dir} does not exist; "
-                      "add it or set config.data.eval_split=validation")
-    test_classes, test_files = _folder_files(test_dir)
-    unknown = sorted(set(test_classes) - set(classes))
-    if unknown:
-      raise DataError(f"{test_dir} has classes not in train: {unknown}")
-    remap = {i: classes.index(c) for i, c in enumerate(test_classes)}
-    test_files = [(f, remap[l]) for f, l in test_files]
-
-  def cached(split_dir, files):
-    key = hashlib.sha256(json.dumps(
-        [split_dir, data_config.image_size,
-         [(f, os.stat(os.path.join(split_dir, f)).st_mtime_ns) for f, _ in files]]).encode())
-    cache = (os.path.join(workdir, "data_cache", f"{key.hexdigest()[:16]}.npz")
-             if workdir else None)
-    if cache and os.path.exists(cache):
-      with np.load(cache, allow_pickle=False) as z:
-        return Split(z["images"], z["labels"])
-    split = _decode_folder(split_dir, files, data_config.image_size)
-    if cache and jax.process_index() == 0:
-      os.makedirs(os.path.dirname(cache), exist_ok=True)
-      tmp = cache + ".tmp.npz"
-      np.savez(tmp, images=split.images, labels=split.labels)
-      os.replace(tmp, cache)
-    return split
-
-  train = cached(train_dir, train_files)
-  test = cached(test_dir, test_files) if need_test else None
+    test_dir, test_files = _test_files(root, classes, "train")
+    test = _cached_folder(data_config, workdir, test_dir, test_files)
   if test is not None and test.images.shape[1:] != train.images.shape[1:]:
-    raise DataError(f"{test_dir} images are {test.images.shape[1:]}, train images "
+    raise DataError(f"{root}/test images are {test.images.shape[1:]}, train images "
                     f"{train.images.shape[1:]}")
   return train, test, classes
 

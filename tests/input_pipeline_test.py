@@ -127,6 +127,15 @@ def test_image_folder_source_trains_evaluates_and_caches(tiny_config, tmp_path):
   np.testing.assert_array_equal(again.train.images, ds.train.images)
   train.train_and_evaluate(tiny_config, workdir)
   assert evaluate.evaluate(tiny_config, workdir)["num_examples"] == 8
+  # The trained model on another folder that has only test/ (classes: the model's).
+  other = str(tmp_path / "other")
+  _write_folder(other, "test", ["emu", "cat"], 3, fmt="PNG")
+  tiny_config.data.root = other
+  record = evaluate.evaluate(tiny_config, workdir)
+  assert record["num_examples"] == 6 and record["split"] == "test"
+  _write_folder(other, "test", ["yak"], 1)
+  with pytest.raises(DataError, match="classes not in the model's classes: \\['yak'\\]"):
+    evaluate.evaluate(tiny_config, workdir)
 
 
 def test_image_folder_bad_images_are_named(tiny_config, tmp_path):
