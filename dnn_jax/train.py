@@ -71,6 +71,20 @@ class _StopSignals:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
+  def agreed(self, step: int, at_sync_point: bool) -> int:
+    """The signal to stop on, or 0. With several processes, all must stop at the same step
+    (the checkpoint is written collectively). There, JAX's coordination service catches
+    SIGTERM itself and names a step at which every process stops (preemption sync point);
+    other signals are shared at log steps. One process checks after every step."""
+    if jax.process_count() == 1:
+      return self.signum or 0
+    from jax.experimental import multihost_utils
+    if multihost_utils.reached_preemption_sync_point(step):
+      return signal.SIGTERM
+    if not at_sync_point:
+      return 0
+    return int(np.max(multihost_utils.process_allgather(np.int32(self.signum or 0))))
+
 
 def log(message: str) -> None:
   if jax.process_index() == 0:
@@ -354,13 +368,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         done = step + 1
         if done % config.train.log_every_steps == 0 or done == total_steps:
           flush(done)
-        if stop.signum is not None and done < total_steps:
+        signum = stop.agreed(done, done % config.train.log_every_steps == 0)
+        if signum and done < total_steps:
           flush(done)
           save(done)
-          name = signal.Signals(stop.signum).name
+          name = signal.Signals(signum).name
           raise TrainingInterrupted(f"stopped by {name} at step {done}; checkpoint saved in "
                                     f"{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}; "
-                                    "rerun the same command to resume", stop.signum)
+                                    "rerun the same command to resume", int(signum))
         if done % config.checkpoint.every_steps == 0 and done < total_steps:
           flush(done)
           save(done)

@@ -62,3 +62,27 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
   assert dumps["one"].keys() == dumps["two"].keys()
   for k in dumps["one"]:
     np.testing.assert_allclose(dumps["one"][k], dumps["two"][k], atol=2e-5, rtol=1e-4, err_msg=k)
+
+
+def test_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path):
+  import signal
+  import time
+  workdir = str(tmp_path)
+  port = _free_port()
+  args = ["--config=configs/tiny.py", "--config.train.num_steps=400",
+          "--config.train.log_every_steps=4", "--config.checkpoint.every_steps=1000"]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "dnn_jax.main", f"--workdir={workdir}", *args,
+       "--distributed=explicit", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"], cwd=ROOT, env=_env(),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  t = time.time()
+  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 200):
+    assert time.time() - t < 240 and all(p.poll() is None for p in procs)
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # Only the second process is told.
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, outs
+  steps = {err.split(" at step ")[1].split(";")[0] for _, err in outs}
+  assert len(steps) == 1 and steps.pop() in os.listdir(os.path.join(workdir, "checkpoints"))
