@@ -13,12 +13,13 @@ train() {  # name, config
   echo "=== $1: $2 ($(date -u +%FT%TZ))"
   python -m dnn_jax.main --config="$2" --workdir="$runs/$1"
 }
-train dnn configs/cifar10_cpu.py
+# Baselines first: they do not depend on the DNNet recipe the sweep is choosing.
 train plain_w8 configs/baseline.py:cifar10_cpu,plain
 train depth_only configs/baseline.py:cifar10_cpu,depth_only
 for w in 6 4 2 1 3 5 7; do
   train "plain_w$w" "configs/baseline.py:cifar10_cpu,plain,$w"
 done
+train dnn configs/cifar10_cpu.py
 python -m dnn_jax.experiments grid --runs="$runs" --out="$out"
 python -m dnn_jax.experiments fig5 --runs="$runs" --out="$out"
 python -m dnn_jax.experiments fig4 --runs="$runs" --out="$out"
