@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = l = ml_collections.ConfigDict()
   # Weights lambda(l, c) of the joint loss (paper eq. 2): uniform | linear (l * c) |
+  # anchored (uniform, the full exit carrying half the total) |
   # final (full exit only: plain training) | full_width (depth-only anytime) |
   # full_depth (width-only) | explicit (lambda_grid).
   l.lambda_scheme = "uniform"

@@ -13,7 +13,8 @@ SOURCES = ("digits", "tfds", "image_folder")
 TFDS_NAMES = ("cifar10", "svhn_cropped")
 EVAL_SPLITS = ("test", "validation")
 AUGMENTS = ("crop_flip", "crop", "none")
-LAMBDA_SCHEMES = ("uniform", "linear", "final", "full_width", "full_depth", "explicit")
+LAMBDA_SCHEMES = ("uniform", "linear", "anchored", "final", "full_width", "full_depth",
+                  "explicit")
 SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16")
 

@@ -99,6 +99,9 @@ def lambda_grid(loss_config, depths: int, widths: int) -> np.ndarray:
     lam[:] = 1.0
   elif scheme == "linear":  # Toward deeper and wider exits.
     lam[:] = np.outer(np.arange(1, depths + 1), np.arange(1, widths + 1)) / (depths * widths)
+  elif scheme == "anchored":  # Uniform, and the full exit carries half of the total weight.
+    lam[:] = 1.0
+    lam[-1, -1] = depths * widths - 1
   elif scheme == "final":
     lam[-1, -1] = 1.0
   elif scheme == "full_width":

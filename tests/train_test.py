@@ -32,6 +32,9 @@ def test_lambda_schemes():
   cfg.lambda_scheme = "linear"
   lam = train.lambda_grid(cfg, 3, 2)
   assert lam[-1, -1] == lam.max() and lam[0, 0] == lam.min()
+  cfg.lambda_scheme = "anchored"
+  lam = train.lambda_grid(cfg, 3, 2)
+  assert lam[-1, -1] == lam.sum() / 2 and np.all(lam[:-1] == 1)
   cfg.lambda_scheme = "final"
   assert train.lambda_grid(cfg, 3, 2).sum() == 1 and train.lambda_grid(cfg, 3, 2)[-1, -1] == 1
   cfg.lambda_scheme = "full_width"
