@@ -7,7 +7,6 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 
 from dnn_jax import checkpointing

@@ -46,7 +46,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
        "--num_processes=2", f"--process_id={i}"], cwd=ROOT, env=_env(),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
-  for p, (out, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err
   # Only process 0 prints, logs and writes results.
   assert "Training done" in outs[0][0] and "Evaluated" in outs[0][0]

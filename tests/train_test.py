@@ -9,7 +9,6 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 from dnn_jax import evaluate
 from dnn_jax import train
