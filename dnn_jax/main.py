@@ -22,17 +22,33 @@ _MODE = flags.DEFINE_enum(
     "under config.budget; trace: choices over a budget time series; export: one sub-network "
     "as StableHLO.")
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "off", ("off", "auto", "explicit"),
+    "distributed", "detect", ("detect", "off", "auto", "explicit"),
     "Multi-host: auto = jax.distributed.initialize() from the cluster environment (Cloud TPU "
-    "VM, SLURM, ...); explicit = from --coordinator_address/--num_processes/--process_id.")
+    "VM, SLURM, ...); explicit = from --coordinator_address/--num_processes/--process_id; "
+    "detect (default) = auto when the environment describes a multi-process job, else off.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
+def multi_process_environment(env=None) -> bool:
+  """Whether the environment describes a job of several processes JAX can join by itself."""
+  env = os.environ if env is None else env
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+    return True  # A multi-host Cloud TPU slice.
+  for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    if env.get(key, "1").isdigit() and int(env.get(key, "1")) > 1:
+      return True
+  return False
+
+
 def initialize_distributed(mode: str) -> None:
   """Joins the multi-host job before JAX touches any device."""
   import jax
+  if mode == "detect":
+    mode = "auto" if multi_process_environment() else "off"
   if mode == "off":
     return
   if mode == "explicit":

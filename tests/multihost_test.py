@@ -86,3 +86,13 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path):
   assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, outs
   steps = {err.split(" at step ")[1].split(";")[0] for _, err in outs}
   assert len(steps) == 1 and steps.pop() in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_multi_process_environments_are_detected():
+  from dnn_jax import main
+  assert not main.multi_process_environment({})
+  assert not main.multi_process_environment({"TPU_WORKER_HOSTNAMES": "localhost"})
+  assert main.multi_process_environment({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"})
+  assert main.multi_process_environment({"SLURM_NTASKS": "4"})
+  assert not main.multi_process_environment({"SLURM_NTASKS": "1"})
+  assert main.multi_process_environment({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"})
