@@ -67,4 +67,23 @@ def restore_metadata(mngr: ocp.CheckpointManager, step: int | None = None
   """(config, class_names) saved with the checkpoint at `step` (default: latest)."""
   step = mngr.latest_step() if step is None else step
   meta = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-  return ml_collections.ConfigDict(meta["config"]), list(meta["class_names"])
+  return with_defaults(meta["config"]), list(meta["class_names"])
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config over today's defaults: fields added since it was saved take their
+  defaults (which reproduce the old behaviour), so older checkpoints stay readable."""
+  from dnn_jax.config_base import base_config
+  config = base_config()
+
+  def merge(target, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in target and isinstance(
+          target[key], ml_collections.ConfigDict):
+        merge(target[key], value)
+      else:
+        with target.ignore_type():
+          target[key] = tuple(value) if isinstance(value, list) else value
+
+  merge(config, saved)
+  return config

@@ -208,3 +208,12 @@ def test_one_and_four_devices_train_the_same_model(tmp_path):
   assert runs[1].keys() == runs[4].keys() and len(runs[1]) > 20
   for name in runs[1]:  # Parameters and BN statistics.
     np.testing.assert_allclose(runs[1][name], runs[4][name], atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+def test_configs_saved_before_a_field_existed_still_load(tiny_config):
+  from dnn_jax import checkpointing
+  old = json.loads(tiny_config.to_json())
+  del old["model"]["conv_form"], old["loss"]["head_gradient"]  # Fields added later.
+  restored = checkpointing.with_defaults(old)
+  assert restored.model.conv_form == "masked" and restored.loss.head_gradient == "sum"
+  assert restored.model.channels_per_group == (4, 8) and restored.train.num_steps == 20
