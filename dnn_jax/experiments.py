@@ -76,6 +76,17 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
     if m and os.path.exists(os.path.join(runs, name, "eval", "grid.json")):
       full[int(m.group(1))] = _eval_grid(os.path.join(runs, name))["accuracy"][-1][-1]
   record["full_training"] = [full.get(w) for w in range(1, widths + 1)]
+  # The plain network whose MACs are closest to the DNNet's full exit: "same cost".
+  dnn_cfg, _ = _saved(os.path.join(runs, "dnn"))
+  record["dnn_full_macs"] = int(_macs(dnn_cfg)[-1, -1])
+  same = []
+  for w, acc in full.items():
+    cfg, _ = _saved(os.path.join(runs, f"plain_w{w}"))
+    same.append((abs(int(_macs(cfg)[-1, -1]) - record["dnn_full_macs"]), w, acc,
+                 int(_macs(cfg)[-1, -1])))
+  if same:
+    _, w, acc, macs = min(same)
+    record["same_macs_plain"] = {"width": w, "accuracy": acc, "macs": macs}
   widest = os.path.join(runs, f"plain_w{widths}")
   if os.path.isdir(os.path.join(widest, "checkpoints")):
     saved, _ = _saved(widest)
@@ -111,6 +122,11 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
   for i, w in enumerate(record["widths"]):
     cells = ["" if record[k][i] is None else f"{100 * record[k][i]:.2f}" for k in keys]
     table.append(f"| {w} | " + " | ".join(cells) + " |")
+  if "same_macs_plain" in record:
+    s = record["same_macs_plain"]
+    table += ["", f"DNNet full exit: {100 * record['dnn'][-1]:.2f}% at "
+              f"{record['dnn_full_macs']:,} MACs; the plain network of about the same cost "
+              f"(width {s['width']}, {s['macs']:,} MACs): {100 * s['accuracy']:.2f}%."]
   _write(out, "fig4", record, table)
   return record
 

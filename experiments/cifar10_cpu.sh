@@ -20,6 +20,8 @@ for w in 6 4 2 1 3 5 7; do
   train "plain_w$w" "configs/baseline.py:cifar10_cpu,plain,$w"
 done
 train dnn configs/cifar10_cpu.py
+# The trained DNNet ships as a workdir (latest checkpoint + results): see the README.
+experiments/snapshot_runs.sh one "$runs/dnn" "$out/model"
 python -m dnn_jax.experiments grid --runs="$runs" --out="$out"
 python -m dnn_jax.experiments fig5 --runs="$runs" --out="$out"
 python -m dnn_jax.experiments fig4 --runs="$runs" --out="$out"
