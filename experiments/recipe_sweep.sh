@@ -21,12 +21,14 @@ declare -A recipes=(
   [dnn_linear_headmean]="--config.loss.lambda_scheme=linear --config.loss.head_gradient=mean"
   [dnn_anchored_headmean]="--config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean"
   [dnn_anchored_headmean_distill]="--config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.loss.distill_weight=0.5"
+  [dnn_linear_headmean_distill]="--config.loss.lambda_scheme=linear --config.loss.head_gradient=mean --config.loss.distill_weight=0.5"
   [dnn_uniform_headmean_distill]="--config.loss.head_gradient=mean --config.loss.distill_weight=0.5"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(plain_final dnn_final dnn_uniform dnn_linear dnn_uniform_headmean
                                  dnn_linear_headmean dnn_uniform_headmean_distill
-                                 dnn_anchored_headmean dnn_anchored_headmean_distill
+                                 dnn_linear_headmean_distill dnn_anchored_headmean
+                                 dnn_anchored_headmean_distill
                                  dnn_uniform_distill dnn_uniform_mean dnn_linear_distill)
 for name in "${names[@]}"; do
   if [ -f "$runs/$name/eval/grid.json" ]; then echo "done: $name"; continue; fi
