@@ -27,7 +27,8 @@ def get_config(arg: str = "cifar10_cpu,plain"):
     raise ValueError(f"configs/baseline.py: kind {kind!r} is not one of {', '.join(KINDS)}")
   c = load_config_file(__file__, base)()
   c.model.causal = False
-  c.loss.distill_weight = 0.0
+  # The rest of BASE's loss recipe (head gradients, distillation) carries over: the depth-only
+  # network is trained like the DNNet, over its depth exits only.
   c.loss.lambda_scheme = "final" if kind == "plain" else "full_width"
   if width:
     c.model.num_groups = int(width[0])
