@@ -138,7 +138,7 @@ def read_trace(path: str) -> list[dict]:
 
 
 def _grids(config, workdir: str):
-  """(accuracy, resources, depth-only accuracy) for --mode=select/trace, shape-checked."""
+  """(accuracy, resources) grids of a workdir for --mode=select/trace, shape-checked."""
   from dnn_jax import checkpointing, input_pipeline, models, resources
   shape = models.grid_shape(config.model)
   if os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
@@ -170,7 +170,7 @@ def _grids(config, workdir: str):
 
 
 def _depth_only(config, workdir: str):
-  """(accuracy, resources, columns) the depth-only choice is made from: a separately trained
+  """(accuracy, resources, label) the depth-only choice is made from: a separately trained
   network's full-width exits (config.budget.compare_workdir), else this DNNet's."""
   if config.budget.compare_workdir:
     accuracy, res = _grids(config, config.budget.compare_workdir)
