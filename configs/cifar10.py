@@ -13,8 +13,8 @@ lr 0.1, 1 warm-up epoch then cosine decay, 180 epochs, weight decay 5e-4 on kern
 CIFAR-10 test set; that is the reference for the DNNet's full exit. The joint loss is the open
 part of the recipe: uniform lambda trained far worse than the alternatives in a reduced-scale
 sweep (results/cifar10_cpu/README.md), so this config uses the best of that sweep so far,
-lambda(l, c) proportional to l * c with head gradients rescaled to means; it is not yet
-validated at this scale.
+the anchored weighting (uniform, the full exit carrying half of the total weight) with head
+gradients rescaled to means; it is not yet validated at this scale.
 Not yet run at this scale by this project: no accuracy is claimed here.
 """
 
@@ -29,7 +29,7 @@ def get_config():
   c.model.num_groups = 22
   c.model.channels_per_group = (1, 2, 4)
   c.model.blocks_per_stage = (5, 5, 5)
-  c.loss.lambda_scheme = "linear"
+  c.loss.lambda_scheme = "anchored"
   c.loss.head_gradient = "mean"
   c.train.batch_size = 128
   c.train.num_epochs = 180

@@ -12,8 +12,9 @@ Recipe: SGD nesterov 0.9, batch 128, lr 0.1, cosine, weight decay 5e-4, crop + f
 (a 40-step probe, 2026-11-26), so 15 epochs take about 38 minutes, plus 14 s to decode the
 JPEGs once; with another job on the cores it takes about twice that. The joint-loss recipe is
 chosen by measurement (results/cifar10_cpu/README.md): so far the best of the 3-epoch sweep
-is lambda(l, c) proportional to l * c with head gradients rescaled to means (54.4% at the full
-exit vs 35.8% for uniform lambda; the DNNet trained on its final exit alone: 64.8%).
+is the anchored weighting (uniform, the full exit carrying half of the total weight) with head
+gradients rescaled to means: 60.1% at the full exit vs 35.8% for uniform lambda (the DNNet
+trained on its final exit alone: 64.8%).
 """
 
 from dnn_jax.config_base import base_config
@@ -30,7 +31,7 @@ def get_config():
   c.model.num_groups = 8
   c.model.channels_per_group = (2, 4, 8)
   c.model.blocks_per_stage = (2, 2, 2)
-  c.loss.lambda_scheme = "linear"
+  c.loss.lambda_scheme = "anchored"
   c.loss.head_gradient = "mean"
   c.train.batch_size = 128
   c.train.num_epochs = 15
