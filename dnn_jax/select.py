@@ -169,13 +169,12 @@ def _grids(config, workdir: str):
   return accuracy, res
 
 
-def _depth_only(config, workdir: str):
+def _depth_only(config, accuracy, res):
   """(accuracy, resources, label) the depth-only choice is made from: a separately trained
-  network's full-width exits (config.budget.compare_workdir), else this DNNet's."""
+  network's full-width exits (config.budget.compare_workdir), else this DNNet's own grids."""
   if config.budget.compare_workdir:
-    accuracy, res = _grids(config, config.budget.compare_workdir)
-    return accuracy, res, "depth-only network"
-  accuracy, res = _grids(config, workdir)
+    other_acc, other_res = _grids(config, config.budget.compare_workdir)
+    return other_acc, other_res, "depth-only network"
   return accuracy, res, "full-width exits of this DNNet"
 
 
@@ -197,7 +196,7 @@ def run(config, workdir: str) -> dict:
                     f"{int(np.min(res['macs'])):,} MACs and {int(np.min(res['params'])):,} "
                     "parameters")
   widths = accuracy.shape[1]
-  d_acc, d_res, label = _depth_only(config, workdir)
+  d_acc, d_res, label = _depth_only(config, accuracy, res)
   depth_choice = select(d_acc, d_res, limits, columns=[d_acc.shape[1]])
   ok = feasible(res, limits)
   record = {**choice, "limits": limits, "depth_only": depth_choice, "depth_only_source": label,
@@ -236,7 +235,7 @@ def run_trace_mode(config, workdir: str) -> dict:
     raise UserError("config.budget.trace: give a JSON or CSV budget time series")
   trace = read_trace(config.budget.trace)
   accuracy, res = _grids(config, workdir)
-  d_acc, d_res, _ = _depth_only(config, workdir)
+  d_acc, d_res, _ = _depth_only(config, accuracy, res)
   steps = []
   for t, limits in enumerate(trace):
     row = {"step": t, "limits": limits}
