@@ -13,13 +13,15 @@ train() {  # name, config
   echo "=== $1: $2 ($(date -u +%FT%TZ))"
   python -m dnn_jax.main --config="$2" --workdir="$runs/$1"
 }
-# Baselines first: they do not depend on the DNNet recipe the sweep is choosing.
+# Most informative first (the figures use whatever has finished): the full-width plain network
+# (also the brute-force slicing / fine-tuning baseline), the DNNet, the depth-only network, then
+# separately trained plain networks from narrow (cheap) to wide.
 train plain_w8 configs/baseline.py:cifar10_cpu,plain
+train dnn configs/cifar10_cpu.py
 train depth_only configs/baseline.py:cifar10_cpu,depth_only
-for w in 6 4 2 1 3 5 7; do
+for w in 1 2 4 6 3 5 7; do
   train "plain_w$w" "configs/baseline.py:cifar10_cpu,plain,$w"
 done
-train dnn configs/cifar10_cpu.py
 # The trained DNNet ships as a workdir (latest checkpoint + results): see the README.
 experiments/snapshot_runs.sh one "$runs/dnn" "$out/model"
 python -m dnn_jax.experiments grid --runs="$runs" --out="$out"
