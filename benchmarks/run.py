@@ -2,9 +2,13 @@
 
   python benchmarks/run.py --quick --out benchmarks/results/quick_cpu.json   # < 10 min on 2 CPUs
   python benchmarks/run.py --out benchmarks/results/full_cpu.json            # paper preset
+  python benchmarks/run.py --cells=24 --out ...   # per-cell benchmarks on 24 sampled cells
 
 Every time is the median of --repeats runs after --warmup untimed runs, compile excluded.
-Writes one JSON object; the keys the summary needs are at its top level.
+Alternatives that a ratio compares (exit overhead, conv forms, ResNet-32 reference) are timed
+interleaved, round by round, so a load that comes and goes on a shared machine hits them alike.
+Writes one JSON object (rewritten after every section, so an interrupted run keeps what it
+measured; "complete" says whether all sections ran); the summary's keys are at its top level.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +45,35 @@ def timed(fn, *args) -> float:
   return float(np.median(times))
 
 
+def side_by_side(fns: dict) -> dict:
+  """Median seconds of each fn, timed round-robin after warm-up: {name: seconds}."""
+  for fn in fns.values():
+    for _ in range(ARGS.warmup):
+      jax.block_until_ready(fn())
+  times = {name: [] for name in fns}
+  for _ in range(ARGS.repeats):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t)
+  return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def sampled_cells(macs_LxG: np.ndarray, min_share: float = 0.0) -> list[tuple[int, int]]:
+  """(depth, width) cells, 1-based, with >= min_share of the full MACs: all, or --cells of them
+  spread evenly over the MAC-sorted list (the full network always included)."""
+  share = macs_LxG / macs_LxG[-1, -1]
+  cells = sorted(((d + 1, c + 1) for d, c in zip(*np.nonzero(share >= min_share))),
+                 key=lambda dc: share[dc[0] - 1, dc[1] - 1])
+  if ARGS.cells and ARGS.cells < len(cells):
+    idx = np.unique(np.linspace(0, len(cells) - 1, ARGS.cells).round().astype(int))
+    cells = [cells[i] for i in idx]
+  return cells
+
+
 def model_config(preset: str, **overrides):
   c = config_base.base_config()
+  c.model.dtype = ARGS.dtype
   if preset == "cpu":
     c.model.num_groups, c.model.channels_per_group = 8, (2, 4, 8)
     c.model.blocks_per_stage = (2, 2, 2)
@@ -58,8 +90,28 @@ def batch(n, seed=0):
           jax.random.randint(jax.random.fold_in(k, 1), (n,), 0, 10))
 
 
-def make_train_step(cfg, only_final: bool = False):
-  """(jitted step, state) for cfg; only_final: the same backbone, one exit, plain CE."""
+COMPILE_SECONDS = {}  # train-step compile times, by a readable key
+_STEPS = {}
+
+
+def make_train_step(cfg, n: int, only_final: bool = False):
+  """(compiled step, state) for cfg at batch n; only_final: the same backbone, one exit, plain CE.
+
+  Memoised: sections that time the same network share one compilation (on an accelerator a
+  train-step compile costs more than the timing)."""
+  key = (cfg.model.to_json(), cfg.loss.to_json(), n, only_final)
+  if key not in _STEPS:
+    t = time.perf_counter()
+    step, state = _make_train_step(cfg, only_final)
+    images, labels = batch(n)
+    _STEPS[key] = step.lower(state, images, labels).compile(), state
+    name = (f"{cfg.model.num_groups}g-{cfg.model.conv_form}-{cfg.model.dtype}-b{n}"
+            + ("-final_only" if only_final else ""))
+    COMPILE_SECONDS[name] = round(time.perf_counter() - t, 1)
+  return _STEPS[key]
+
+
+def _make_train_step(cfg, only_final: bool):
   model = models.create_model(cfg.model, 10, input_mean=cfg.data.mean, input_std=cfg.data.std)
   if only_final:
     model = model.clone(only_last_exit=True)
@@ -82,10 +134,11 @@ def make_train_step(cfg, only_final: bool = False):
 
 def bench_exit_overhead(cfg, n):
   images, labels = batch(n)
-  out = {}
+  fns = {}
   for name, only in (("all_exits", False), ("final_exit_only", True)):
-    step, state = make_train_step(cfg, only)
-    out[f"{name}_ms"] = 1e3 * timed(lambda: step(state, images, labels)[1])
+    step, state = make_train_step(cfg, n, only)
+    fns[name] = lambda step=step, state=state: step(state, images, labels)[1]
+  out = {f"{k}_ms": 1e3 * v for k, v in side_by_side(fns).items()}
   out["exit_overhead_ratio"] = out["all_exits_ms"] / out["final_exit_only_ms"]
   return out
 
@@ -101,30 +154,38 @@ def bench_grid_eval(cfg, n):
   out = {"grid_eval_ms": 1e3 * timed(grid_step, variables, images, labels, mask),
          "one_forward_ms": 1e3 * timed(plain, sub_vars, images)}
   out["grid_eval_ratio"] = out["grid_eval_ms"] / out["one_forward_ms"]
-  each = 0.0
-  for d in range(1, model.num_exits + 1):
-    for c in range(1, model.num_groups + 1):
-      s, sv = subnetwork.extract(model, variables, d, c)
-      each += timed(jax.jit(lambda v, x, s=s: s.apply(v, x)), sv, images)
-  out["each_sub_network_separately_ms"] = 1e3 * each
+  macs = resources.analytic_grid(model, (32, 32, 3), 10)["macs"].astype(float)
+  cells = sampled_cells(macs)
+  each = []
+  for d, c in cells:
+    s, sv = subnetwork.extract(model, variables, d, c)
+    each.append(timed(jax.jit(lambda v, x, s=s: s.apply(v, x)), sv, images))
+  # With --cells, the sum over all cells is estimated from the sampled ones, MAC-weighted by
+  # sampling evenly over the MAC-sorted cells: mean sampled time x number of cells.
+  out["each_sub_network_separately_ms"] = 1e3 * float(np.mean(each)) * macs.size
+  out["separately_cells_timed"] = len(cells)
+  out["separately_estimated"] = len(cells) < macs.size
   out["grid_speedup_over_separate"] = out["each_sub_network_separately_ms"] / out["grid_eval_ms"]
   return out
 
 
 def bench_conv_forms(cfg, n, forms):
   images, labels = batch(n)
-  out = {}
+  fwds, steps = {}, {}
   for form in forms:
     c = cfg.copy_and_resolve_references()
     c.model.conv_form = form
     model = models.create_model(c.model, 10)
     variables = model.init(jax.random.key(0), images[:1])
     fwd = jax.jit(lambda v, x, m=model: m.apply(v, x))
-    step, state = make_train_step(c)
-    out[form] = {"forward_ms": 1e3 * timed(fwd, variables, images),
-                 "train_step_ms": 1e3 * timed(lambda: step(state, images, labels)[1])}
-  best = min(out, key=lambda f: out[f]["train_step_ms"])
-  return {"forms": out, "fastest_train_form": best, "backend": jax.default_backend()}
+    fwds[form] = lambda fwd=fwd, variables=variables: fwd(variables, images)
+    step, state = make_train_step(c, n)
+    steps[form] = lambda step=step, state=state: step(state, images, labels)[1]
+  fwd_s, step_s = side_by_side(fwds), side_by_side(steps)
+  out = {f: {"forward_ms": 1e3 * fwd_s[f], "train_step_ms": 1e3 * step_s[f]} for f in forms}
+  return {"forms": out, "fastest_train_form": min(forms, key=step_s.get),
+          "fastest_forward_form": min(forms, key=fwd_s.get), "backend": jax.default_backend(),
+          "dtype": cfg.model.dtype, "batch": n}
 
 
 def bench_latency_share(cfg, batches):
@@ -132,45 +193,58 @@ def bench_latency_share(cfg, batches):
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   macs = resources.analytic_grid(model, (32, 32, 3), 10)["macs"].astype(float)
   out = {}
+  cells = sampled_cells(macs, min_share=0.10)
   for b in batches:
     x = jnp.zeros((b, 32, 32, 3))
-    lat = np.zeros(macs.shape)
-    for d in range(1, model.num_exits + 1):
-      for c in range(1, model.num_groups + 1):
-        s, sv = subnetwork.extract(model, variables, d, c)
-        lat[d - 1, c - 1] = timed(jax.jit(lambda v, x, s=s: s.apply(v, x)), sv, x)
-    share = (lat / lat[-1, -1]) / (macs / macs[-1, -1])
-    big = macs / macs[-1, -1] >= 0.10
-    worst = np.unravel_index(np.argmax(np.where(big, share, -1)), share.shape)
-    out[f"batch{b}"] = {"max_ratio": float(share[big].max()),
-                        "median_ratio": float(np.median(share[big])),
-                        "worst_cell": f"D{worst[0] + 1}W{worst[1] + 1}",
-                        "cells_at_least_10pct_macs": int(big.sum())}
+    lat = {}
+    for d, c in cells:
+      s, sv = subnetwork.extract(model, variables, d, c)
+      lat[d, c] = timed(jax.jit(lambda v, x, s=s: s.apply(v, x)), sv, x)
+    full = lat[model.num_exits, model.num_groups]
+    share = {dc: (t / full) / (macs[dc[0] - 1, dc[1] - 1] / macs[-1, -1])
+             for dc, t in lat.items()}
+    worst = max(share, key=share.get)
+    out[f"batch{b}"] = {"max_ratio": float(share[worst]),
+                        "median_ratio": float(np.median(list(share.values()))),
+                        "worst_cell": f"D{worst[0]}W{worst[1]}",
+                        "full_network_ms": 1e3 * full,
+                        "cells_timed": len(cells),
+                        "cells_at_least_10pct_macs": int((macs / macs[-1, -1] >= 0.10).sum())}
   out["latency_share_over_mac_share_max"] = max(v["max_ratio"] for v in out.values())
   return out
 
 
 def bench_hardware(cfg, n):
-  a = jax.random.normal(jax.random.key(0), (2048, 2048))
+  # The reference: a square matmul in the model's dtype, big enough to saturate the backend.
+  size = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(ARGS.dtype))
   matmul = jax.jit(lambda x: x @ x)
-  matmul_flops = 2 * 2048 ** 3 / timed(matmul, a)
+  matmul_flops = 2 * size ** 3 / timed(matmul, a)
   images, labels = batch(n)
-  step, state = make_train_step(cfg)
+  step, state = make_train_step(cfg, n)
   t = timed(lambda: step(state, images, labels)[1])
-  compiled = step.lower(state, images, labels).compile()
-  xla_flops = compiled.cost_analysis()["flops"]
+  cost = step.cost_analysis()
+  xla_flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
   model = models.create_model(cfg.model, 10)
   macs = resources.analytic_grid(model, (32, 32, 3), 10)["macs"][-1, -1]
-  return {"train_images_per_s": n / t, "matmul_gflops": matmul_flops / 1e9,
-          "train_xla_gflops": xla_flops / t / 1e9,
-          "flops_fraction_of_matmul": xla_flops / t / matmul_flops,
+  dense = cfg.model.copy_and_resolve_references()
+  dense.causal = False  # the same layout without masks: what the masked form executes
+  dense_macs = resources.analytic_grid(models.create_model(dense, 10), (32, 32, 3), 10)["macs"]
+  return {"conv_form": models.resolve_conv_form(cfg.model.conv_form),
+          "train_images_per_s": n / t, "matmul_size": size, "matmul_gflops": matmul_flops / 1e9,
+          # Executed work: forward + backward ~ 3 x 2 x the MACs the conv form runs (the
+          # masked form runs the dense layout's), counted analytically on every backend.
+          "flops_fraction_of_matmul": 6 * dense_macs[-1, -1] * n / t / matmul_flops,
+          # XLA's own count (on GPU it leaves out convolutions run as cuDNN custom calls).
+          "xla_flops_per_step": float(xla_flops), "train_xla_gflops": xla_flops / t / 1e9,
+          "xla_flops_fraction_of_matmul": xla_flops / t / matmul_flops,
           # Useful work: forward + backward ~ 3 x 2 x the causal network's MACs per image.
           "useful_flops_fraction_of_matmul": 6 * macs * n / t / matmul_flops}
 
 
 def bench_input_wait(cfg, n, steps):
   split = input_pipeline.Split(np.asarray(batch(4 * n)[0]), np.asarray(batch(4 * n)[1]))
-  step, state = make_train_step(cfg)
+  step, state = make_train_step(cfg, n)
   sharding = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec("data"))
   batches = input_pipeline.TrainBatches(split, n, 0, sharding)
   images, labels = batches.batch(0)
@@ -191,16 +265,37 @@ def bench_input_wait(cfg, n, steps):
 
 def bench_resnet_reference(n):
   images, labels = batch(n)
-  out = {}
+  out, fns = {}, {}
   for name, cfg in (("resnet32", model_config("resnet32", blocks_per_stage=(5, 5, 5))),
-                    ("dnnet_paper", model_config("paper"))):
+                    ("dnnet_paper", model_config("paper", conv_form=ARGS.reference_form))):
     cfg.loss.lambda_scheme = "final" if name == "resnet32" else "uniform"
-    step, state = make_train_step(cfg)
-    out[f"{name}_train_step_ms"] = 1e3 * timed(lambda: step(state, images, labels)[1])
+    step, state = make_train_step(cfg, n)
+    fns[name] = lambda step=step, state=state: step(state, images, labels)[1]
     m = models.create_model(cfg.model, 10)
     out[f"{name}_macs"] = int(resources.analytic_grid(m, (32, 32, 3), 10)["macs_conv"][-1, -1])
+  for name, seconds in side_by_side(fns).items():
+    out[f"{name}_train_step_ms"] = 1e3 * seconds
+  out["dnnet_conv_form"] = ARGS.reference_form
   out["dnnet_over_resnet32"] = out["dnnet_paper_train_step_ms"] / out["resnet32_train_step_ms"]
   return out
+
+
+SECTIONS = ("exit_overhead", "grid_eval", "conv_forms", "latency_share", "hardware",
+            "input_pipeline", "resnet32_reference")
+SUMMARY = {"exit_overhead_ratio": ("exit_overhead", "exit_overhead_ratio"),
+           "grid_eval_ratio": ("grid_eval", "grid_eval_ratio"),
+           "latency_share_over_mac_share_max": ("latency_share",
+                                                "latency_share_over_mac_share_max"),
+           "flops_fraction_of_matmul": ("hardware", "flops_fraction_of_matmul"),
+           "input_wait_share": ("input_pipeline", "input_wait_share")}
+
+
+def write(record: dict) -> None:
+  if ARGS.out:
+    os.makedirs(os.path.dirname(ARGS.out) or ".", exist_ok=True)
+    with open(ARGS.out + ".tmp", "w") as f:
+      json.dump(record, f, indent=1)
+    os.replace(ARGS.out + ".tmp", ARGS.out)
 
 
 def main():
@@ -210,49 +305,69 @@ def main():
   ap.add_argument("--out", default="")
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--sections", default=",".join(SECTIONS),
+                  help="comma-separated subset of: " + ", ".join(SECTIONS))
+  ap.add_argument("--preset", choices=("cpu", "paper"), default=None,
+                  help="model preset (default: cpu with --quick, else paper)")
+  ap.add_argument("--batch", type=int, default=0, help="default: 64 with --quick, else 128")
+  ap.add_argument("--cells", type=int, default=0,
+                  help="time only this many sub-networks, spread over the MAC range, in the "
+                       "per-cell benchmarks (0: all)")
+  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  ap.add_argument("--forms", default="",
+                  help="conv forms to compare (default: masked, blocks:2, blocks:4 [, blocks:G])")
+  ap.add_argument("--reference_form", default="masked",
+                  help="the DNNet's conv form in the ResNet-32 reference")
   ARGS = ap.parse_args()
+  sections = ARGS.sections.split(",")
+  unknown = sorted(set(sections) - set(SECTIONS))
+  if unknown:
+    ap.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
   quick = ARGS.quick
-  preset = "cpu" if quick else "paper"
+  preset = ARGS.preset or ("cpu" if quick else "paper")
   cfg = model_config(preset)
-  n = 64 if quick else 128
+  n = ARGS.batch or (64 if quick else 128)
   t_start = time.time()
-  record = {"quick": quick, "preset": preset, "batch": n, "backend": jax.default_backend(),
+  record = {"quick": quick, "preset": preset, "batch": n, "dtype": ARGS.dtype,
+            "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
             "machine": platform.node(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": " ".join(sys.argv)}
-  forms = ["masked", "blocks:2", "blocks:4"] if quick else ["masked", "blocks:2", "blocks:4",
-                                                           "blocks:22"]
-  sections = [
-      ("exit_overhead", lambda: bench_exit_overhead(cfg, n)),
-      ("grid_eval", lambda: bench_grid_eval(cfg, n)),
-      ("conv_forms", lambda: bench_conv_forms(cfg, n, forms)),
-      ("latency_share", lambda: bench_latency_share(cfg, [1] if quick else [1, 128])),
-      ("hardware", lambda: bench_hardware(cfg, n)),
-      ("input_pipeline", lambda: bench_input_wait(cfg, n, 10 if quick else 30)),
-      ("resnet32_reference", lambda: bench_resnet_reference(16 if quick else 128)),
-  ]
-  for name, fn in sections:
+            "command": " ".join(sys.argv), "complete": False}
+  forms = (ARGS.forms.split(",") if ARGS.forms else
+           ["masked", "blocks:2", "blocks:4"] + ([] if quick else
+                                                 [f"blocks:{cfg.model.num_groups}"]))
+  benches = {
+      "exit_overhead": lambda: bench_exit_overhead(cfg, n),
+      "grid_eval": lambda: bench_grid_eval(cfg, n),
+      "conv_forms": lambda: bench_conv_forms(cfg, n, forms),
+      "latency_share": lambda: bench_latency_share(cfg, [1] if quick else [1, 128]),
+      "hardware": lambda: bench_hardware(cfg, n),
+      "input_pipeline": lambda: bench_input_wait(cfg, n, 10 if quick else 30),
+      "resnet32_reference": lambda: bench_resnet_reference(16 if quick else n),
+  }
+  failed = []
+  for name in sections:
     t = time.time()
-    record[name] = fn()
-    print(f"{name} ({time.time() - t:.0f} s): {json.dumps(record[name])[:400]}", flush=True)
-  record.update(
-      exit_overhead_ratio=record["exit_overhead"]["exit_overhead_ratio"],
-      grid_eval_ratio=record["grid_eval"]["grid_eval_ratio"],
-      latency_share_over_mac_share_max=record["latency_share"][
-          "latency_share_over_mac_share_max"],
-      flops_fraction_of_matmul=record["hardware"]["flops_fraction_of_matmul"],
-      input_wait_share=record["input_pipeline"]["input_wait_share"],
-      wall_seconds=round(time.time() - t_start, 1))
-  if ARGS.out:
-    os.makedirs(os.path.dirname(ARGS.out) or ".", exist_ok=True)
-    with open(ARGS.out + ".tmp", "w") as f:
-      json.dump(record, f, indent=1)
-    os.replace(ARGS.out + ".tmp", ARGS.out)
-  print(json.dumps({k: record[k] for k in ("exit_overhead_ratio", "grid_eval_ratio",
-                                           "latency_share_over_mac_share_max",
-                                           "flops_fraction_of_matmul", "input_wait_share",
-                                           "wall_seconds")}))
+    try:
+      record[name] = benches[name]()
+    except Exception as e:  # a benchmark runner reports a broken section and goes on
+      traceback.print_exc()
+      record[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+      failed.append(name)
+    record[name]["section_seconds"] = round(time.time() - t, 1)
+    record["train_step_compile_seconds"] = COMPILE_SECONDS
+    for key, (sec, field) in SUMMARY.items():
+      if sec == name and field in record[name]:
+        record[key] = record[name][field]
+    record["wall_seconds"] = round(time.time() - t_start, 1)
+    write(record)
+    print(f"{name} ({time.time() - t:.0f} s): {json.dumps(record[name])[:600]}", flush=True)
+  record["complete"] = not failed
+  write(record)
+  print(json.dumps({k: record.get(k) for k in list(SUMMARY) + ["wall_seconds"]}))
+  if failed:
+    sys.exit(f"benchmark sections failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
