@@ -36,8 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   m.bn_momentum = 0.9  # running-average decay of BatchNorm statistics
   m.dtype = "float32"  # compute dtype: float32 | bfloat16
   # Causal conv form: masked (one dense conv with a masked kernel) | blocks:S (S convs, each
-  # over only the input prefix its output groups read). Same numbers; see BENCHMARKS.md.
-  m.conv_form = "masked"
+  # over only the input prefix its output groups read) | auto (the fastest measured on the
+  # backend: models.CONV_FORM_BY_BACKEND). Same numbers and parameters; see BENCHMARKS.md.
+  m.conv_form = "auto"
 
   c.loss = l = ml_collections.ConfigDict()
   # Weights lambda(l, c) of the joint loss (paper eq. 2): uniform | linear (l * c) |

@@ -224,6 +224,23 @@ class DNNet(nn.Module):
     return jnp.stack(logits, axis=1)
 
 
+# The fastest causal conv form per backend, from benchmarks/run.py's conv_forms section
+# (BENCHMARKS.md; train step, interleaved timing): masked won everywhere it was measured --
+# CPU (2 cores): paper preset batch 32, 866 ms vs 884 (blocks:2) vs 1157 (blocks:4); CPU preset
+# batch 64, 294 vs 345 vs 510. H100: paper preset fp32 batch 128, 7.7 ms vs 11.4 vs 16.1; bf16
+# batch 1024, 26.5 vs 43.4 (blocks:2). The blocks forms skip the zero blocks but run several
+# narrow convolutions, which costs more than the skipped FLOPs at these widths. TPU: not
+# measured; masked keeps one dense matmul-shaped conv, the MXU's best case.
+CONV_FORM_BY_BACKEND = {"cpu": "masked", "gpu": "masked", "tpu": "masked"}
+
+
+def resolve_conv_form(form: str, backend: str | None = None) -> str:
+  """The conv form to run: `form` itself, or for "auto" the backend's fastest measured form."""
+  if form != "auto":
+    return form
+  return CONV_FORM_BY_BACKEND.get(backend or jax.default_backend(), "masked")
+
+
 def create_model(model_config, num_classes: int, *, depth: int | None = None,
                  num_groups: int | None = None, input_mean=None, input_std=None) -> DNNet:
   """Builds the DNNet a config describes; `depth`/`num_groups` give a sliced sub-network."""
@@ -240,7 +257,7 @@ def create_model(model_config, num_classes: int, *, depth: int | None = None,
       bn_momentum=model_config.bn_momentum,
       input_mean=tuple(input_mean) if input_mean is not None else (127.5,),
       input_std=tuple(input_std) if input_std is not None else (64.0,),
-      conv_form=model_config.conv_form,
+      conv_form=resolve_conv_form(model_config.conv_form),
       dtype=jnp.dtype(model_config.dtype))
 
 

@@ -223,6 +223,14 @@ def test_stage_channels_give_the_same_layout_as_channels_per_group():
   assert models.channels_per_group(a) == models.channels_per_group(b) == (1, 2, 4)
 
 
+def test_auto_conv_form_picks_the_backends_measured_form():
+  assert models.resolve_conv_form("blocks:2") == "blocks:2"
+  assert models.resolve_conv_form("auto", "gpu") == models.CONV_FORM_BY_BACKEND["gpu"]
+  assert models.resolve_conv_form("auto", "some_new_backend") == "masked"
+  model = models.create_model(_model_config(conv_form="auto"), 5)
+  assert model.conv_form == models.CONV_FORM_BY_BACKEND[jax.default_backend()]
+
+
 @pytest.mark.parametrize("form", ["blocks:1", "blocks:2", "blocks:3"])
 def test_conv_forms_compute_the_same_network(form):
   cfg = _model_config()

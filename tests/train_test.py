@@ -215,5 +215,5 @@ def test_configs_saved_before_a_field_existed_still_load(tiny_config):
   old = json.loads(tiny_config.to_json())
   del old["model"]["conv_form"], old["loss"]["head_gradient"]  # Fields added later.
   restored = checkpointing.with_defaults(old)
-  assert restored.model.conv_form == "masked" and restored.loss.head_gradient == "sum"
+  assert restored.model.conv_form == "auto" and restored.loss.head_gradient == "sum"
   assert restored.model.channels_per_group == (4, 8) and restored.train.num_steps == 20
