@@ -17,6 +17,13 @@ from dnn_jax import train
 from dnn_jax.errors import DataError, UserError
 
 
+def _network_fields(model_config) -> dict:
+  """The model config minus what only changes how it runs (the conv form)."""
+  fields = json.loads(model_config.to_json())
+  fields.pop("conv_form", None)
+  return fields
+
+
 def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channels: int,
                     step: int | None = None):
   """Restores (setup, variables, step, saved_config, class_names) from DIR/checkpoints.
@@ -33,7 +40,7 @@ def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channel
     if step is None:
       raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
     saved, class_names = checkpointing.restore_metadata(mngr, step)
-    if json.loads(config.model.to_json()) != json.loads(saved.model.to_json()):
+    if _network_fields(config.model) != _network_fields(saved.model):
       train.log("Note: using the model config saved with the checkpoint, not the given one.")
     run_config = config.copy_and_resolve_references()
     run_config.model = saved.model

@@ -2,8 +2,12 @@
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from dnn_jax import evaluate
 from dnn_jax import experiments
@@ -57,3 +61,34 @@ def test_figures_from_tiny_runs(tiny_config, tmp_path):
     assert os.path.getsize(os.path.join(out, png)) > 1000
   assert np.isclose(f4["dnn"][-1], json.load(open(os.path.join(runs, "dnn", "eval",
                                                                 "grid.json")))["accuracy"][-1][-1])
+
+
+SHIPPED_MODEL = os.path.join(ROOT, "results", "cifar10_cpu", "model")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHIPPED_MODEL, "checkpoints")),
+                    reason="results/cifar10_cpu/model is not in this checkout")
+def test_shipped_model_evaluates_a_test_image_folder(tmp_path):
+  """The README's command: the committed DNNet on any folder of 32x32 images, no training."""
+  from PIL import Image
+  workdir = tmp_path / "model"
+  shutil.copytree(SHIPPED_MODEL, workdir)
+  rng = np.random.default_rng(0)
+  for name in CIFAR10_CLASSES[:5]:  # A test folder may hold a subset of the classes.
+    os.makedirs(tmp_path / "images" / "test" / name)
+    for i in range(3):
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+          tmp_path / "images" / "test" / name / f"{i}.jpg")
+  result = subprocess.run(
+      [sys.executable, "-m", "dnn_jax.main", "--config=configs/cifar10_cpu.py",
+       f"--workdir={workdir}", "--mode=eval", "--config.data.source=image_folder",
+       f"--config.data.root={tmp_path / 'images'}", "--config.data.eval_split=test"],
+      cwd=ROOT, text=True, capture_output=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  with open(workdir / "eval" / "grid.json") as f:
+    grid = json.load(f)
+  assert grid["split"] == "test" and grid["num_examples"] == 15
+  assert np.array(grid["accuracy"]).shape == (7, 8)
+  assert os.path.exists(workdir / "eval" / "accuracy.png")
