@@ -46,8 +46,9 @@ def test_figures_from_tiny_runs(tiny_config, tmp_path):
   # Brute-force slicing at full width is the plain network itself.
   assert abs(f4["brute_force_slicing"][-1] - f4["full_training"][-1]) < 1e-6
   assert all(0.0 <= v <= 1.0 for v in f4["fine_tuning"])
-  # 2 causal groups cost 3/4 of the plain 2-group network, closer to it than to 1 group (1/4).
-  assert f4["same_macs_plain"]["width"] == 2
+  # 2 causal groups cost about 3/4 of the plain 2-group network: closer to it than to 1 group
+  # (1/4), but not within the 10% that "same cost" needs.
+  assert f4["closest_macs_plain"]["width"] == 2 and "same_macs_plain" not in f4
 
   f5 = experiments.fig5(runs, out)
   assert f5["dnn"]["best"]["macs"] <= f5["budget_macs"]
