@@ -3,6 +3,8 @@
 # Trains every network the figures need, one after another (each resumes from its checkpoints:
 # rerun the same command after an interruption), then writes the figures.
 #   experiments/cifar10_cpu.sh [RUNS_DIR] [RESULTS_DIR]
+# Several instances may run at once (e.g. one per core pair): each run is guarded by a lock
+# file, and an instance skips the runs another one holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/cifar10_cpu}
@@ -10,8 +12,13 @@ out=${2:-results/cifar10_cpu}
 train() {  # name, config
   if [ -f "$runs/$1/eval/grid.json" ] && [ -f "$runs/$1/train_summary.json" ]; then
     echo "done: $1"; return; fi
+  mkdir -p "$runs"
+  exec {lock}>"$runs/$1.lock"
+  if ! flock -n "$lock"; then
+    echo "skipped: $1 (another instance holds $runs/$1.lock)"; exec {lock}>&-; return; fi
   echo "=== $1: $2 ($(date -u +%FT%TZ))"
   python -m dnn_jax.main --config="$2" --workdir="$runs/$1"
+  exec {lock}>&-
 }
 # Most informative first (the figures use whatever has finished): the full-width plain network
 # (also the brute-force slicing / fine-tuning baseline), the DNNet, the depth-only network, the
