@@ -82,7 +82,8 @@ def validate(config, device_count: int | None = None) -> None:
   form = m.conv_form
   _require(form in ("auto", "masked") or (form.startswith("blocks:") and form[7:].isdigit()
                                 and 1 <= int(form[7:]) <= m.num_groups),
-           "model.conv_form", f"{form!r} is not 'auto', 'masked' or 'blocks:S' with 1 <= S <= num_groups")
+           "model.conv_form",
+           f"{form!r} is not 'auto', 'masked' or 'blocks:S' with 1 <= S <= num_groups")
   _require(0.0 <= m.bn_momentum < 1.0, "model.bn_momentum", f"{m.bn_momentum} not in [0, 1)")
 
   _one_of(l.lambda_scheme, "loss.lambda_scheme", LAMBDA_SCHEMES)
