@@ -84,6 +84,12 @@ def model_config(preset: str, **overrides):
   return c
 
 
+def mac_grid(model_cfg, key: str = "macs") -> np.ndarray:
+  """Analytic MACs per image (depths x widths) of the network a model config describes."""
+  model = models.create_model(model_cfg, 10)
+  return resources.analytic_grid(model, (32, 32, 3), 10)[key].astype(float)
+
+
 def batch(n, seed=0):
   k = jax.random.key(seed)
   return (jax.random.randint(k, (n, 32, 32, 3), 0, 256).astype(jnp.uint8),
@@ -154,7 +160,7 @@ def bench_grid_eval(cfg, n):
   out = {"grid_eval_ms": 1e3 * timed(grid_step, variables, images, labels, mask),
          "one_forward_ms": 1e3 * timed(plain, sub_vars, images)}
   out["grid_eval_ratio"] = out["grid_eval_ms"] / out["one_forward_ms"]
-  macs = resources.analytic_grid(model, (32, 32, 3), 10)["macs"].astype(float)
+  macs = mac_grid(cfg.model)
   cells = sampled_cells(macs)
   each = []
   for d, c in cells:
@@ -191,7 +197,7 @@ def bench_conv_forms(cfg, n, forms):
 def bench_latency_share(cfg, batches):
   model = models.create_model(cfg.model, 10)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  macs = resources.analytic_grid(model, (32, 32, 3), 10)["macs"].astype(float)
+  macs = mac_grid(cfg.model)
   out = {}
   cells = sampled_cells(macs, min_share=0.10)
   for b in batches:
@@ -225,11 +231,10 @@ def bench_hardware(cfg, n):
   t = timed(lambda: step(state, images, labels)[1])
   cost = step.cost_analysis()
   xla_flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
-  model = models.create_model(cfg.model, 10)
-  macs = resources.analytic_grid(model, (32, 32, 3), 10)["macs"][-1, -1]
+  macs = mac_grid(cfg.model)
   dense = cfg.model.copy_and_resolve_references()
   dense.causal = False  # the same layout without masks: what the masked form executes
-  dense_macs = resources.analytic_grid(models.create_model(dense, 10), (32, 32, 3), 10)["macs"]
+  dense_macs = mac_grid(dense)
   return {"conv_form": models.resolve_conv_form(cfg.model.conv_form),
           "train_images_per_s": n / t, "matmul_size": size, "matmul_gflops": matmul_flops / 1e9,
           # Executed work: forward + backward ~ 3 x 2 x the MACs the conv form runs (the
@@ -239,7 +244,7 @@ def bench_hardware(cfg, n):
           "xla_flops_per_step": float(xla_flops), "train_xla_gflops": xla_flops / t / 1e9,
           "xla_flops_fraction_of_matmul": xla_flops / t / matmul_flops,
           # Useful work: forward + backward ~ 3 x 2 x the causal network's MACs per image.
-          "useful_flops_fraction_of_matmul": 6 * macs * n / t / matmul_flops}
+          "useful_flops_fraction_of_matmul": 6 * macs[-1, -1] * n / t / matmul_flops}
 
 
 def bench_input_wait(cfg, n, steps):
@@ -271,8 +276,7 @@ def bench_resnet_reference(n):
     cfg.loss.lambda_scheme = "final" if name == "resnet32" else "uniform"
     step, state = make_train_step(cfg, n)
     fns[name] = lambda step=step, state=state: step(state, images, labels)[1]
-    m = models.create_model(cfg.model, 10)
-    out[f"{name}_macs"] = int(resources.analytic_grid(m, (32, 32, 3), 10)["macs_conv"][-1, -1])
+    out[f"{name}_macs"] = int(mac_grid(cfg.model, "macs_conv")[-1, -1])
   for name, seconds in side_by_side(fns).items():
     out[f"{name}_train_step_ms"] = 1e3 * seconds
   out["dnnet_conv_form"] = ARGS.reference_form

@@ -1,6 +1,7 @@
-"""Tabulates the recipe sweep (experiments/recipe_sweep.sh) into results/.
+"""Tabulates finished training runs (every RUNS/<name> with eval/grid.json) into OUT.{json,md}.
 
-  python experiments/summarize_sweep.py runs/recipe_sweep results/cifar10_cpu/recipe_sweep
+  python experiments/summarize_runs.py runs/recipe_sweep results/cifar10_cpu/recipe_sweep
+  python experiments/summarize_runs.py runs/cifar10_cpu results/cifar10_cpu/long_runs
 """
 
 import json
@@ -8,6 +9,13 @@ import os
 import sys
 
 import numpy as np
+
+
+def write(path: str, text: str) -> None:
+  """Writes whole or not at all: a crash never leaves a half-written table."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
 
 
 def main(runs: str, out: str) -> None:
@@ -34,18 +42,18 @@ def main(runs: str, out: str) -> None:
                  "median_images_per_s": float(np.median(images_per_s)),
                  "split": grid["split"], "num_examples": grid["num_examples"]})
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  with open(out + ".json", "w") as f:
-    json.dump(rows, f, indent=1)
+  write(out + ".json", json.dumps(rows, indent=1))
   lines = ["| run | full exit (%) | mean of all exits (%) | full depth, widths 1..G (%) | "
            "median img/s |", "|---|---|---|---|---|"]
   for r in sorted(rows, key=lambda r: -r["full_exit"]):
     widths = " / ".join(f"{100 * v:.0f}" for v in r["full_depth_by_width"])
     lines.append(f"| {r['run']} | {100 * r['full_exit']:.1f} | {100 * r['grid_mean']:.1f} | "
                  f"{widths} | {r['median_images_per_s']:.0f} |")
-  with open(out + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
+  write(out + ".md", "\n".join(lines) + "\n")
   print("\n".join(lines))
 
 
 if __name__ == "__main__":
+  if len(sys.argv) != 3 or not os.path.isdir(sys.argv[1]):
+    sys.exit("usage: summarize_runs.py RUNS_DIR OUT_PREFIX (RUNS_DIR: a directory of workdirs)")
   main(sys.argv[1], sys.argv[2])
