@@ -35,9 +35,36 @@ def abstract_like(tree, sharding):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: str, log=print):
+def state_config_differences(saved: ml_collections.ConfigDict, saved_classes,
+                             config: ml_collections.ConfigDict, class_names) -> list[str]:
+  """Differences that change the train state's structure: model fields (not the conv form,
+  which only changes how the network runs), momentum on/off, the number of classes."""
+  def flat(tree, prefix):
+    out = {}
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+  a, b = flat(saved.model.to_dict(), "model."), flat(config.model.to_dict(), "model.")
+  diffs = [f"{k}={a.get(k)!r} (saved) vs {b.get(k)!r} (given)" for k in sorted(set(a) | set(b))
+           if k != "model.conv_form" and a.get(k) != b.get(k)]
+  if (saved.train.momentum > 0) != (config.train.momentum > 0):
+    diffs.append(f"train.momentum={saved.train.momentum} (saved) vs {config.train.momentum} "
+                 "(given)")
+  if class_names is not None and len(saved_classes) != len(class_names):
+    diffs.append(f"{len(saved_classes)} classes (saved) vs {len(class_names)} (given data)")
+  return diffs
+
+
+def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: str, log=print,
+                        config: ml_collections.ConfigDict | None = None, class_names=None):
   """Restores the newest checkpoint that reads back; unreadable ones are moved aside to
-  DIR/corrupt_checkpoints/ (never deleted) and reported. Raises UserError if none reads."""
+  DIR/corrupt_checkpoints/ (never deleted) and reported. Raises UserError if none reads, or
+  (given `config`) if a checkpoint fails to restore because it was saved with a different
+  network or optimizer structure: that is a wrong config, not a corrupt file."""
   from dnn_jax.errors import UserError
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
@@ -45,11 +72,25 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: st
       return restore(mngr, abstract_state, step)
     except Exception as e:  # Orbax raises many types for truncated or corrupt files.
       reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+      if config is not None:
+        try:
+          saved, saved_classes = restore_metadata(mngr, step)
+        except Exception:  # The metadata is unreadable too: a corrupt checkpoint.
+          saved = None
+        diffs = saved and state_config_differences(saved, saved_classes, config, class_names)
+        if diffs:
+          raise UserError(
+              f"checkpoint step {step} in {os.path.join(workdir, CHECKPOINT_DIR)} was saved "
+              f"with a different network: {'; '.join(diffs)}. Resume with the saved config "
+              "or train in a new --workdir") from e
       if jax.process_index() == 0:
         aside = os.path.join(workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
         os.makedirs(os.path.dirname(aside), exist_ok=True)
         shutil.move(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, str(step)), aside)
         log(f"Checkpoint step {step} is unreadable ({reason}); moved to {aside}")
+      if jax.process_count() > 1:  # Every process sees the move before listing steps again.
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
       mngr.reload()
   raise UserError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)} "
                   f"(tried steps {steps}; see {os.path.join(workdir, 'corrupt_checkpoints')})")

@@ -308,9 +308,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_fn, init_key, abstract = abstract_state(setup, tx, image_shape, config.seed)
   mngr = checkpointing.manager(workdir, config.checkpoint)
   if mngr.latest_step() is not None:
-    state = checkpointing.restore_latest_good(mngr, abstract, workdir, log)
+    state = checkpointing.restore_latest_good(mngr, abstract, workdir, log, config,
+                                              dataset.class_names)
     log(f"Resumed from {workdir}/{checkpointing.CHECKPOINT_DIR} at step {int(state.step)}")
   else:
+    aside = os.path.join(workdir, "corrupt_checkpoints")
+    if os.path.isdir(aside) and os.listdir(aside):
+      log(f"Note: no checkpoints in {workdir}/{checkpointing.CHECKPOINT_DIR}; unreadable ones "
+          f"are in {aside}. Starting from scratch.")
     state = init_fn(init_key)
   n_params = models.count_params(state.params, config.model)
   log(f"DNNet: {depths} depths x {widths} widths = {depths * widths} exits, "

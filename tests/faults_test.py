@@ -154,3 +154,23 @@ def test_disk_full_during_a_save_is_a_clear_error_and_latest_stays_good(tmp_path
   monkeypatch.setattr(checkpointing, "save", real_save)
   assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [5, 10]
   assert train.train_and_evaluate(tiny_config, str(tmp_path))["resumed_from_step"] == 10
+
+
+def test_resuming_with_a_different_network_is_a_config_error_not_corruption(tmp_path,
+                                                                            tiny_config):
+  from dnn_jax.errors import UserError
+  workdir = str(tmp_path)
+  tiny_config.train.num_steps = 10
+  train.train_and_evaluate(tiny_config, workdir)
+  steps = sorted(os.listdir(tmp_path / "checkpoints"))
+  changed = tiny_config.copy_and_resolve_references()
+  changed.model.num_groups *= 2
+  with pytest.raises(UserError, match=r"checkpoint step 10 .* different network: "
+                                      r"model.num_groups=2 \(saved\) vs 4 \(given\)"):
+    train.train_and_evaluate(changed, workdir)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == steps  # Nothing moved aside.
+  assert not os.path.exists(tmp_path / "corrupt_checkpoints")
+  changed = tiny_config.copy_and_resolve_references()
+  changed.model.conv_form = "blocks:2"  # Runs the same network: resumes.
+  changed.train.num_steps = 15
+  assert train.train_and_evaluate(changed, workdir)["resumed_from_step"] == 10
