@@ -6,7 +6,8 @@ set -euo pipefail
 # shellcheck source=launch/env.sh
 source "$(dirname "$0")/env.sh"
 require_bucket
-args=$(printf ' %q' "$@")
+args=""  # printf with no arguments would still print '' (an empty positional argument)
+[ $# -eq 0 ] || args=$(printf ' %q' "$@")
 tpu_ssh ". ~/venv/bin/activate && cd ~/dnn_jax && python -m dnn_jax.main --config=$CONFIG \
   --workdir=$MOUNT/$RUN --config.data.tfds_data_dir=$MOUNT/tensorflow_datasets \
   --distributed=auto$args"

@@ -50,6 +50,14 @@ def test_tpu_scripts_issue_the_expected_commands(tmp_path):
   assert delete.startswith("compute tpus tpu-vm delete t1 --zone=z1 --quiet")
 
 
+def test_tpu_run_without_extra_arguments_passes_none(tmp_path):
+  env, log = _fake_gcloud(tmp_path)
+  env.update(BUCKET="my-bucket", TPU_NAME="t1", ZONE="z1", RUN="r1")
+  subprocess.run([os.path.join(ROOT, "launch", "tpu_run.sh")], env=env, check=True)
+  run = log.read_text().strip()
+  assert run.endswith("--distributed=auto"), run  # Not followed by '' (an empty argument).
+
+
 def test_tpu_scripts_need_a_bucket(tmp_path):
   env, _ = _fake_gcloud(tmp_path)
   env.pop("BUCKET", None)
