@@ -1,7 +1,10 @@
 """Paper scale on CIFAR-10 (for GPU/TPU): 22 groups x ResNet-32 depth = 16 x 22 sub-networks.
 
-  python -m dnn_jax.main --config=configs/cifar10.py --workdir=gs://BUCKET/dnn_cifar10 \
-      --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
+  python -m dnn_jax.main --config=configs/cifar10.py --workdir=runs/dnn_cifar10 \
+      --config.data.tfds_data_dir=/data/tensorflow_datasets
+
+Paths are local files (a bucket mounted with gcsfuse, as launch/tpu_setup.sh does at /gcs,
+works; gs:// URLs do not). On Cloud TPU: launch/README.md.
 
 Data: tfds `cifar10` prepared once (`tfds build cifar10 --file_format=array_record`).
 Model (design notes §3): 22 groups, 1/2/4 channels per group (22/44/88 channels), 5 blocks
@@ -17,8 +20,8 @@ the anchored weighting (uniform, the full exit carrying half of the total weight
 gradients rescaled to means; it is not yet validated at this scale.
 Not yet run at this scale by this project: no accuracy is claimed here.
 Cost: on one H100 a train step of this model (all 352 exits, fp32, batch 128) took 7.7 ms
-(BENCHMARKS.md), so the 70,380 steps of 180 epochs are about 9 minutes of steps, plus
-compilation, evaluation and input (measured input wait: 2.8% of a step).
+(BENCHMARKS.md), so the 70,200 steps of 180 epochs (390 per epoch) are about 9 minutes of
+steps, plus compilation, evaluation and input (measured input wait: 2.8% of a step).
 """
 
 from dnn_jax.config_base import base_config

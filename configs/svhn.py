@@ -1,7 +1,10 @@
 """Paper scale on SVHN (cropped digits, for GPU/TPU): the CIFAR-10 model, no flips.
 
-  python -m dnn_jax.main --config=configs/svhn.py --workdir=gs://BUCKET/dnn_svhn \
-      --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
+  python -m dnn_jax.main --config=configs/svhn.py --workdir=runs/dnn_svhn \
+      --config.data.tfds_data_dir=/data/tensorflow_datasets
+
+Paths are local files (a bucket mounted with gcsfuse, as launch/tpu_setup.sh does at /gcs,
+works; gs:// URLs do not). On Cloud TPU: launch/README.md.
 
 Data: tfds `svhn_cropped` (73,257 train / 26,032 test; `extra` unused), prepared once.
 Recipe: as configs/cifar10.py but 40 epochs (SVHN has more images and converges faster;

@@ -62,6 +62,9 @@ def initialize_distributed(mode: str) -> None:
 
 def run(config, workdir: str, mode: str) -> None:
   from dnn_jax import config_validation, evaluate, export, resources, select, train
+  if "://" in workdir:
+    raise UserError(f"--workdir {workdir}: URLs are not supported; give a local path (mount a "
+                    "bucket with gcsfuse, as launch/tpu_setup.sh does)")
   config_validation.validate(config)  # Before anything is compiled.
   if mode in ("train", "eval"):
     if mode == "train":

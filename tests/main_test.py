@@ -71,6 +71,13 @@ def test_cli_bad_config_is_one_line_and_exit_code_2(tmp_path, override, field):
   assert not os.listdir(tmp_path)  # Nothing written.
 
 
+def test_cli_url_workdir_is_a_clear_error(tmp_path):
+  result = _main("--config=configs/tiny.py", "--workdir=gs://bucket/run")
+  assert result.returncode == 2 and result.stderr.startswith("error: --workdir gs://bucket/run: "
+                                                             "URLs are not supported")
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
 def test_cli_eval_without_a_checkpoint_fails_cleanly(tmp_path):
   result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--mode=eval")
   assert result.returncode == 2 and "no checkpoint in" in result.stderr
