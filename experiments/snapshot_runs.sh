@@ -11,18 +11,27 @@ from=${2:?missing FROM}
 to=${3:?missing TO}
 results_only=${4:-}
 
+newest_step() {  # workdir -> its newest checkpoint step, or nothing
+  [ -d "$1/checkpoints" ] || return 0
+  find "$1/checkpoints" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' -printf '%f\n' \
+    | sort -n | tail -n 1
+}
+
 snapshot_one() {  # src dst
-  local src=$1 dst=$2 item latest
+  local src=$1 dst=$2 item latest have
+  latest=$(newest_step "$src")
+  if [ "$mode" = restore ]; then  # Never replace newer local progress with an older snapshot.
+    have=$(newest_step "$dst")
+    if [ -n "$have" ] && [ "$have" -ge "${latest:-0}" ]; then
+      echo "kept: $dst (step $have; snapshot: ${latest:-no checkpoint})"; return 0; fi
+  fi
   mkdir -p "$dst"
   for item in eval train_summary.json metrics.jsonl; do
     if [ -e "$src/$item" ]; then rm -rf "${dst:?}/$item"; cp -r "$src/$item" "$dst/"; fi
   done
-  [ -z "$results_only" ] && [ -d "$src/checkpoints" ] || return 0
-  latest=$(find "$src/checkpoints" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' \
-           -printf '%f\n' | sort -n | tail -n 1)
-  [ -n "$latest" ] || return 0
-  if [ "$mode" = restore ] && [ -d "$dst/checkpoints/$latest" ]; then return 0; fi
-  rm -rf "$dst/checkpoints"
+  [ -z "$results_only" ] && [ -n "$latest" ] || return 0
+  # A snapshot keeps only the newest step; a restore adds it next to the older local ones.
+  if [ "$mode" != restore ]; then rm -rf "$dst/checkpoints"; fi
   mkdir -p "$dst/checkpoints"
   cp -r "$src/checkpoints/$latest" "$dst/checkpoints/"
 }

@@ -93,3 +93,25 @@ def test_shipped_model_evaluates_a_test_image_folder(tmp_path):
   assert grid["split"] == "test" and grid["num_examples"] == 15
   assert np.array(grid["accuracy"]).shape == (7, 8)
   assert os.path.exists(workdir / "eval" / "accuracy.png")
+
+
+def test_snapshot_restore_never_replaces_newer_local_progress(tmp_path):
+  script = os.path.join(ROOT, "experiments", "snapshot_runs.sh")
+
+  def workdir(path, step, note):
+    os.makedirs(path / "checkpoints" / str(step))
+    (path / "metrics.jsonl").write_text(note)
+
+  workdir(tmp_path / "snap" / "a", 100, "snapshot a")
+  workdir(tmp_path / "snap" / "b", 100, "snapshot b")
+  workdir(tmp_path / "runs" / "a", 200, "local a")  # Newer than the snapshot: kept.
+  workdir(tmp_path / "runs" / "b", 50, "local b")  # Older: the snapshot's step joins it.
+  subprocess.run([script, "restore", str(tmp_path / "snap"), str(tmp_path / "runs")], check=True,
+                 capture_output=True)
+  assert (tmp_path / "runs" / "a" / "metrics.jsonl").read_text() == "local a"
+  assert sorted(os.listdir(tmp_path / "runs" / "a" / "checkpoints")) == ["200"]
+  assert (tmp_path / "runs" / "b" / "metrics.jsonl").read_text() == "snapshot b"
+  assert sorted(os.listdir(tmp_path / "runs" / "b" / "checkpoints")) == ["100", "50"]
+  subprocess.run([script, "save", str(tmp_path / "runs"), str(tmp_path / "snap2")], check=True,
+                 capture_output=True)
+  assert sorted(os.listdir(tmp_path / "snap2" / "b" / "checkpoints")) == ["100"]
