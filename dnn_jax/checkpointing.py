@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -21,10 +22,11 @@ def manager(workdir: str, checkpoint_config=None) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, state, config: ml_collections.ConfigDict,
-         class_names) -> None:
-  """Saves the state; the config and class names travel with it as JSON."""
+         class_names, image_shape) -> None:
+  """Saves the state; the config, class names and image shape travel with it as JSON."""
   step = int(jax.device_get(state.step))
-  meta = {"config": config.to_dict(), "class_names": list(class_names)}
+  meta = {"config": config.to_dict(), "class_names": list(class_names),
+          "image_shape": [int(x) for x in image_shape]}
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(meta)), force=True)
 
@@ -106,9 +108,51 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
 def restore_metadata(mngr: ocp.CheckpointManager, step: int | None = None
                      ) -> tuple[ml_collections.ConfigDict, list[str]]:
   """(config, class_names) saved with the checkpoint at `step` (default: latest)."""
-  step = mngr.latest_step() if step is None else step
-  meta = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  meta = _read_metadata(mngr, step)
   return with_defaults(meta["config"]), list(meta["class_names"])
+
+
+def _read_metadata(mngr: ocp.CheckpointManager, step: int | None) -> dict:
+  step = mngr.latest_step() if step is None else step
+  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+
+@dataclasses.dataclass(frozen=True)
+class Saved:
+  """What a workdir's checkpoint says about the trained model (no weights loaded)."""
+  config: ml_collections.ConfigDict
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, ...] | None  # None in checkpoints saved before it was recorded
+  step: int
+
+  def input_shape(self, data_config=None) -> tuple[int, ...]:
+    """The trained image shape. Older checkpoints did not record it: then the saved data
+    config's, or failing that the shape of the images `data_config` (else the saved one) reads."""
+    if self.image_shape is not None:
+      return self.image_shape
+    from dnn_jax import input_pipeline
+    return (input_pipeline.static_image_shape(self.config.data)
+            or input_pipeline.describe(data_config or self.config.data)[0])
+
+
+def load_saved(workdir: str, step: int | None = None) -> Saved:
+  """The metadata of the checkpoint at `step` (default: latest); UserError if there is none."""
+  from dnn_jax.errors import UserError
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  missing = UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+  if not os.path.isdir(ckpt_dir):
+    raise missing
+  mngr = manager(workdir)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise missing
+    meta = _read_metadata(mngr, step)
+  finally:
+    mngr.close()
+  shape = meta.get("image_shape")
+  return Saved(with_defaults(meta["config"]), tuple(meta["class_names"]),
+               tuple(shape) if shape else None, int(step))
 
 
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:

@@ -36,17 +36,19 @@ def _positive_ints(values, field: str, allow_zero: bool = False):
            field, f"{values!r} must be {'non-negative' if allow_zero else 'positive'} integers")
 
 
-def validate(config, device_count: int | None = None) -> None:
-  """Raises ConfigError for the first invalid field found."""
+def validate(config, device_count: int | None = None, check_paths: bool = True) -> None:
+  """Raises ConfigError for the first invalid field found. check_paths=False: the data
+  paths need not exist (modes that read only a checkpoint)."""
   device_count = device_count or jax.device_count()
   d, m, l, t = config.data, config.model, config.loss, config.train
 
   _one_of(d.source, "data.source", SOURCES)
   if d.source == "tfds":
     _one_of(d.name, "data.name", TFDS_NAMES)
-    _require(not d.tfds_data_dir or os.path.isdir(os.path.expanduser(d.tfds_data_dir)),
+    _require(not (check_paths and d.tfds_data_dir)
+             or os.path.isdir(os.path.expanduser(d.tfds_data_dir)),
              "data.tfds_data_dir", f"{d.tfds_data_dir!r} is not a directory")
-  if d.source == "image_folder":
+  if d.source == "image_folder" and check_paths:
     _require(bool(d.root), "data.root", "must name a folder with train/<class>/* images")
     root = os.path.expanduser(d.root)
     _require(os.path.isdir(root), "data.root", f"{d.root!r} is not a directory")
@@ -127,12 +129,10 @@ def validate(config, device_count: int | None = None) -> None:
   _positive_ints(config.export.width, "export.width", allow_zero=True)
   if config.export.subnet:
     from dnn_jax.subnetwork import parse_subnet_id
-    try:
-      d, w = parse_subnet_id(config.export.subnet)
+    try:  # Whether it is inside the grid is checked against the checkpoint's model.
+      parse_subnet_id(config.export.subnet)
     except ValueError as e:
       raise ConfigError(f"config.export.subnet: {e}") from e
-    _require(1 <= d <= depths and 1 <= w <= widths, "export.subnet",
-             f"{config.export.subnet} is outside the grid of {depths} depths x {widths} widths")
   _positive_ints(config.resources.batch_size, "resources.batch_size")
   _positive_ints(config.resources.repeats, "resources.repeats")
 

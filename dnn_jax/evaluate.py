@@ -14,7 +14,7 @@ from dnn_jax import config_validation
 from dnn_jax import input_pipeline
 from dnn_jax import plots
 from dnn_jax import train
-from dnn_jax.errors import DataError, UserError
+from dnn_jax.errors import DataError
 
 
 def _network_fields(model_config) -> dict:
@@ -31,48 +31,29 @@ def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channel
   The model comes from the config saved with the checkpoint, so evaluating with a config
   whose `model` fields differ still rebuilds the network that was trained.
   """
-  ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
-  if not os.path.isdir(ckpt_dir):
-    raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+  saved = checkpointing.load_saved(workdir, step)
+  if _network_fields(config.model) != _network_fields(saved.config.model):
+    train.log("Note: using the model config saved with the checkpoint, not the given one.")
+  run_config = config.copy_and_resolve_references()
+  run_config.model = saved.config.model
+  # The input normalisation is part of the trained model.
+  run_config.data.mean, run_config.data.std = saved.config.data.mean, saved.config.data.std
+  setup = train.make_setup(run_config, len(saved.class_names), num_channels)
+  tx = train.create_optimizer(saved.config.train, optax.constant_schedule(0.0))  # Structure.
+  # Parameter shapes do not depend on the image size: any spatial size gives the target.
+  _, _, abstract = train.abstract_state(setup, tx, (8, 8, num_channels), config.seed)
   mngr = checkpointing.manager(workdir)
   try:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
-    saved, class_names = checkpointing.restore_metadata(mngr, step)
-    if _network_fields(config.model) != _network_fields(saved.model):
-      train.log("Note: using the model config saved with the checkpoint, not the given one.")
-    run_config = config.copy_and_resolve_references()
-    run_config.model = saved.model
-    # The input normalisation is part of the trained model.
-    run_config.data.mean, run_config.data.std = saved.data.mean, saved.data.std
-    setup = train.make_setup(run_config, len(class_names), num_channels)
-    tx = train.create_optimizer(saved.train, optax.constant_schedule(0.0))  # Structure only.
-    # Parameter shapes do not depend on the image size: any spatial size gives the target.
-    _, _, abstract = train.abstract_state(setup, tx, (8, 8, num_channels), config.seed)
-    state = checkpointing.restore(mngr, abstract, step)
+    state = checkpointing.restore(mngr, abstract, saved.step)
   finally:
     mngr.close()
-  return setup, train.variables(state), step, saved, class_names
-
-
-def _checkpoint_classes(workdir: str) -> tuple[str, ...]:
-  ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
-  if not os.path.isdir(ckpt_dir):
-    raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
-  mngr = checkpointing.manager(workdir)
-  try:
-    if mngr.latest_step() is None:
-      raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
-    return tuple(checkpointing.restore_metadata(mngr)[1])
-  finally:
-    mngr.close()
+  return setup, train.variables(state), saved.step, saved.config, list(saved.class_names)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes DIR/eval/grid.json and DIR/eval/accuracy.png; returns the grid record."""
   config_validation.validate(config)
-  ckpt_classes = _checkpoint_classes(workdir)
+  ckpt_classes = checkpointing.load_saved(workdir).class_names
   dataset = input_pipeline.load_dataset(config.data, workdir, eval_only_classes=ckpt_classes)
   channels = dataset.eval.images.shape[-1]
   setup, variables, step, _, class_names = load_checkpoint(config, workdir, channels)

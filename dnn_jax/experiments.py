@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from dnn_jax import baselines
+from dnn_jax import checkpointing
 from dnn_jax import evaluate
 from dnn_jax import input_pipeline
 from dnn_jax import models
@@ -40,20 +41,11 @@ def _eval_grid(workdir: str) -> dict:
 
 
 def _saved(workdir: str):
-  from dnn_jax import checkpointing
-  mngr = checkpointing.manager(workdir)
-  try:
-    if mngr.latest_step() is None:
-      raise UserError(f"no checkpoint in {workdir}")
-    return checkpointing.restore_metadata(mngr)
-  finally:
-    mngr.close()
-
-
-def _macs(config) -> np.ndarray:
-  image_shape, names = input_pipeline.describe(config.data)
-  return resources.analytic_grid(models.create_model(config.model, len(names)), image_shape,
-                                 len(names))["macs"]
+  """(saved config, analytic MAC grid) of a workdir's trained network."""
+  saved = checkpointing.load_saved(workdir)
+  names, image_shape = saved.class_names, saved.input_shape()
+  model = models.create_model(saved.config.model, len(names))
+  return saved.config, resources.analytic_grid(model, image_shape, len(names))["macs"]
 
 
 def _write(out: str, name: str, record: dict, table: list[str]) -> None:
@@ -77,13 +69,11 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
       full[int(m.group(1))] = _eval_grid(os.path.join(runs, name))["accuracy"][-1][-1]
   record["full_training"] = [full.get(w) for w in range(1, widths + 1)]
   # The plain network whose MACs are closest to the DNNet's full exit: "same cost".
-  dnn_cfg, _ = _saved(os.path.join(runs, "dnn"))
-  record["dnn_full_macs"] = int(_macs(dnn_cfg)[-1, -1])
+  record["dnn_full_macs"] = int(_saved(os.path.join(runs, "dnn"))[1][-1, -1])
   same = []
   for w, acc in full.items():
-    cfg, _ = _saved(os.path.join(runs, f"plain_w{w}"))
-    same.append((abs(int(_macs(cfg)[-1, -1]) - record["dnn_full_macs"]), w, acc,
-                 int(_macs(cfg)[-1, -1])))
+    macs = int(_saved(os.path.join(runs, f"plain_w{w}"))[1][-1, -1])
+    same.append((abs(macs - record["dnn_full_macs"]), w, acc, macs))
   if same:
     _, w, acc, macs = min(same)
     # "Same cost" only within 10% of the DNNet's MACs; otherwise the closest is named as such.
@@ -140,9 +130,8 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
 def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
   """Every feasible sub-network under a MAC budget: DNNet vs the depth-only network."""
   dnn_dir, depth_dir = os.path.join(runs, "dnn"), os.path.join(runs, "depth_only")
-  dnn_cfg, _ = _saved(dnn_dir)
+  _, dnn_macs = _saved(dnn_dir)
   dnn_acc = np.array(_eval_grid(dnn_dir)["accuracy"])
-  dnn_macs = _macs(dnn_cfg)
   budget = budget_macs or float(dnn_macs[-1, -1]) / 3
   limits = {"macs": budget}
   record = {"budget_macs": budget, "split": _eval_grid(dnn_dir)["split"]}
@@ -153,9 +142,8 @@ def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
       for d, c in np.argwhere(ok)]}
   depth_acc = depth_macs = None
   if os.path.exists(os.path.join(depth_dir, "eval", "grid.json")):
-    depth_cfg, _ = _saved(depth_dir)
     depth_acc = np.array(_eval_grid(depth_dir)["accuracy"])[:, -1]
-    depth_macs = _macs(depth_cfg)[:, -1]
+    depth_macs = _saved(depth_dir)[1][:, -1]
     feasible = [(d, float(a), int(m)) for d, (a, m) in enumerate(zip(depth_acc, depth_macs))
                 if m <= budget]
     record["depth_only"] = {
@@ -203,9 +191,8 @@ def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
 def grid(runs: str, out: str) -> dict:
   """The DNNet's accuracy grid next to its MAC grid."""
   dnn_dir = os.path.join(runs, "dnn")
-  cfg, _ = _saved(dnn_dir)
   acc = _eval_grid(dnn_dir)
-  macs = _macs(cfg)
+  _, macs = _saved(dnn_dir)
   os.makedirs(out, exist_ok=True)
   plots.grid_heatmap(np.array(acc["accuracy"]), os.path.join(out, "grid_accuracy.png"),
                      f"DNNet {acc['split']} accuracy (%)", scale=100.0)

@@ -77,7 +77,7 @@ def load_and_run(export_dir: str, images: np.ndarray) -> np.ndarray:
 
 def run(config, workdir: str) -> dict:
   """--mode=export: writes DIR/export/<id>/ from the latest checkpoint."""
-  from dnn_jax import evaluate, input_pipeline, resources, train
+  from dnn_jax import checkpointing, evaluate, resources, train
   from dnn_jax.errors import UserError
   e = config.export
   if e.subnet:
@@ -89,12 +89,13 @@ def run(config, workdir: str) -> dict:
     depth, width = e.depth, e.width
     if not (depth and width):
       raise UserError("config.export: set subnet (e.g. D14W12) or depth and width")
-  image_shape, _ = input_pipeline.describe(config.data)
+  image_shape = checkpointing.load_saved(workdir).input_shape(config.data)
   setup, variables, step, saved, class_names = evaluate.load_checkpoint(
       config, workdir, image_shape[-1])
   model = setup.model
   if not (1 <= depth <= model.num_exits and 1 <= width <= model.num_groups):
-    raise UserError(f"config.export: D{depth}W{width} is outside the grid of "
+    field = "config.export.subnet" if e.subnet else "config.export.depth/width"
+    raise UserError(f"{field}: D{depth}W{width} is outside the grid of the checkpoint's "
                     f"{model.num_exits} depths x {model.num_groups} widths")
   grid = resources.analytic_grid(model, image_shape, len(class_names))
   meta = {"class_names": class_names, "checkpoint_step": int(step),
@@ -103,7 +104,11 @@ def run(config, workdir: str) -> dict:
   if os.path.exists(grid_path):
     with open(grid_path) as f:
       acc = json.load(f)
-    meta.update(accuracy=acc["accuracy"][depth - 1][width - 1], accuracy_split=acc["split"])
+    if acc.get("checkpoint_step") == int(step):  # Not a grid of an older checkpoint.
+      meta.update(accuracy=acc["accuracy"][depth - 1][width - 1], accuracy_split=acc["split"])
+    else:
+      train.log(f"Note: {grid_path} is of step {acc.get('checkpoint_step')}, not the exported "
+                f"step {step}: no accuracy in the manifest (run --mode=eval)")
   out = os.path.join(workdir, "export", subnetwork.subnet_id(depth, width))
   manifest = export_subnetwork(model, jax.device_get(variables), depth, width, image_shape, out,
                                meta) if jax.process_index() == 0 else None

@@ -86,22 +86,35 @@ def check_labels(split: Split, num_classes: int, where: str) -> None:
                     f"{num_classes} classes ({bad.size} such examples)")
 
 
+def static_image_shape(data_config) -> tuple[int, int, int] | None:
+  """The image shape a data config fixes without reading any file (None: it must be read)."""
+  if data_config.source == "digits":
+    return (8, 8, 1)
+  if data_config.source == "tfds":
+    return (32, 32, 3)
+  return (data_config.image_size, data_config.image_size, 3) if data_config.image_size else None
+
+
 def describe(data_config) -> tuple[tuple[int, int, int], tuple[str, ...]]:
   """(image shape, class names) of a source without loading its images."""
   if data_config.source in ("digits", "tfds"):
-    shape = (8, 8, 1) if data_config.source == "digits" else (32, 32, 3)
     names = (tuple(str(i) for i in range(10)) if data_config.name != "cifar10" else
              ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
               "truck"))
-    return shape, names
-  train_dir = os.path.join(os.path.expanduser(data_config.root), "train")
+    return static_image_shape(data_config), names
+  root = os.path.expanduser(data_config.root)
+  dirs = [d for d in (os.path.join(root, s) for s in ("train", "test")) if os.path.isdir(d)]
+  if not dirs:
+    raise DataError(f"config.data.root: {data_config.root!r} has neither train/ nor test/ "
+                    "(expected train/<class>/*.jpg)")
+  train_dir = dirs[0]
   classes, files = _folder_files(train_dir)
-  size = data_config.image_size
-  if not size:
+  shape = static_image_shape(data_config)
+  if shape is None:
     from PIL import Image
     with Image.open(os.path.join(train_dir, files[0][0])) as im:
-      size = im.size[1]
-  return (size, size, 3), tuple(classes)
+      shape = (im.size[1], im.size[1], 3)
+  return shape, tuple(classes)
 
 
 def _load_digits(data_config, workdir, need_test):

@@ -60,24 +60,26 @@ def initialize_distributed(mode: str) -> None:
     jax.distributed.initialize()
 
 
-def run(config, workdir: str, mode: str) -> None:
+def run(config, workdir: str, mode: str):
+  """Runs one --mode; returns its result record (the JSON it writes)."""
   from dnn_jax import config_validation, evaluate, export, resources, select, train
   if "://" in workdir:
     raise UserError(f"--workdir {workdir}: URLs are not supported; give a local path (mount a "
                     "bucket with gcsfuse, as launch/tpu_setup.sh does)")
-  config_validation.validate(config)  # Before anything is compiled.
+  # Before anything is compiled. Modes other than train/eval read the model from a checkpoint
+  # (resources: from the config when there is none) and need no data set.
+  config_validation.validate(config, check_paths=mode in ("train", "eval"))
   if mode in ("train", "eval"):
     if mode == "train":
       train.train_and_evaluate(config, workdir)
-    evaluate.evaluate(config, workdir)
-  elif mode == "resources":
-    resources.run(config, workdir)
-  elif mode == "select":
-    select.run(config, workdir)
-  elif mode == "trace":
-    select.run_trace_mode(config, workdir)
-  else:
-    export.run(config, workdir)
+    return evaluate.evaluate(config, workdir)
+  if mode == "resources":
+    return resources.run(config, workdir)
+  if mode == "select":
+    return select.run(config, workdir)
+  if mode == "trace":
+    return select.run_trace_mode(config, workdir)
+  return export.run(config, workdir)
 
 
 def main(argv):

@@ -140,18 +140,12 @@ def read_trace(path: str) -> list[dict]:
 def _grids(config, workdir: str):
   """(accuracy, resources) grids of a workdir for --mode=select/trace, shape-checked."""
   from dnn_jax import checkpointing, input_pipeline, models, resources
-  shape = models.grid_shape(config.model)
+  saved = None
   if os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
-    # The trained model's layout wins over the given config's.
-    mngr = checkpointing.manager(workdir)
-    try:
-      if mngr.latest_step() is not None:
-        saved, _ = checkpointing.restore_metadata(mngr)
-        config = config.copy_and_resolve_references()
-        config.model = saved.model
-        shape = models.grid_shape(config.model)
-    finally:
-      mngr.close()
+    saved = checkpointing.load_saved(workdir)  # The trained model's layout wins.
+    config = config.copy_and_resolve_references()
+    config.model = saved.config.model
+  shape = models.grid_shape(config.model)
   accuracy = load_grid(os.path.join(workdir, "eval", "grid.json"), "accuracy", shape)
   res_path = os.path.join(workdir, "resources", "grid.json")
   if os.path.exists(res_path):
@@ -162,7 +156,10 @@ def _grids(config, workdir: str):
       if measured.get(k) is not None:
         res[k] = np.asarray(load_grid(res_path, k, shape), np.float64)
   else:  # Analytic quantities need no measurement.
-    image_shape, names = input_pipeline.describe(config.data)
+    if saved is not None:
+      image_shape, names = saved.input_shape(config.data), saved.class_names
+    else:
+      image_shape, names = input_pipeline.describe(config.data)
     model = models.create_model(config.model, len(names))
     res = {k: v for k, v in resources.analytic_grid(model, image_shape, len(names)).items()
            if k in ("macs", "params", "largest_feature_map")}

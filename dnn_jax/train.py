@@ -360,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def save(step: int) -> None:
     try:
-      checkpointing.save(mngr, state, config, dataset.class_names)
+      checkpointing.save(mngr, state, config, dataset.class_names, image_shape)
       mngr.wait_until_finished()
     except OSError as e:
       raise RunError(f"could not write the checkpoint of step {step} to "

@@ -95,6 +95,25 @@ def test_shipped_model_evaluates_a_test_image_folder(tmp_path):
   assert os.path.exists(workdir / "eval" / "accuracy.png")
 
 
+def test_shipped_model_selects_exports_and_counts_without_any_data(tmp_path):
+  """select / export / resources read the model from the checkpoint: no data set needed."""
+  from dnn_jax import main
+  workdir = str(tmp_path / "model")
+  shutil.copytree(SHIPPED_MODEL, workdir)
+  config = load_config_file(os.path.join(ROOT, "configs", "x.py"), "cifar10_cpu")()
+  config.data.root = str(tmp_path / "no_such_data")
+  config.data.image_size = 0  # Not even the size: it must come from the checkpoint.
+  config.model.num_groups = 4  # A different given model: the checkpoint's wins.
+  config.budget.macs = 5e6
+  assert main.run(config, workdir, "select")["id"] == "D7W4"  # As in results/.../fig5.md.
+  config.export.subnet = "D7W8"  # Outside the given 4-group grid, inside the checkpoint's.
+  manifest = main.run(config, workdir, "export")
+  assert manifest["subnet"] == "D7W8" and manifest["input"]["shape"] == [None, 32, 32, 3]
+  assert manifest["accuracy"] == pytest.approx(0.7798)
+  config.resources.measure = False
+  assert np.array(main.run(config, workdir, "resources")["macs"]).shape == (7, 8)
+
+
 def test_snapshot_restore_never_replaces_newer_local_progress(tmp_path):
   script = os.path.join(ROOT, "experiments", "snapshot_runs.sh")
 

@@ -141,11 +141,11 @@ def test_disk_full_during_a_save_is_a_clear_error_and_latest_stays_good(tmp_path
   from dnn_jax.errors import RunError
   real_save, calls = checkpointing.save, []
 
-  def failing_save(mngr, state, config, class_names):
+  def failing_save(*args):
     calls.append(1)
     if len(calls) == 3:  # The third save (step 15) finds the disk full.
       raise OSError(errno.ENOSPC, "No space left on device")
-    real_save(mngr, state, config, class_names)
+    real_save(*args)
 
   monkeypatch.setattr(checkpointing, "save", failing_save)
   with pytest.raises(RunError, match="could not write the checkpoint of step 15 .*No space "
