@@ -9,16 +9,23 @@ import jax
 
 
 class MetricWriter:
-  """Appends `{"step": s, **scalars}` to DIR/metrics.jsonl and DIR/tensorboard/; process 0 only."""
+  """Appends `{"step": s, **scalars}` to DIR/metrics.jsonl and DIR/tensorboard/; process 0 only.
 
-  def __init__(self, workdir: str):
+  A run resumed at `start_step` first drops what an interrupted run logged after that step
+  (and a torn last line), so the log reads as the one of an uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0):
     self.enabled = jax.process_index() == 0
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if os.path.exists(path):  # From step 0: a run killed before its first checkpoint.
+        _truncate_after(path, start_step)
+      self._jsonl = open(path, "a")
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step)
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.enabled:
@@ -33,3 +40,19 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the complete records of steps <= `step`; rewrites the file atomically."""
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # Torn by a kill mid-write.
+      if isinstance(record, dict) and record.get("step", step + 1) <= step:
+        kept.append(json.dumps(record) + "\n")
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)

@@ -330,8 +330,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       out_shardings=(setup.replicated, setup.replicated), donate_argnums=0)
   batches = input_pipeline.TrainBatches(dataset.train, config.train.batch_size, config.seed,
                                         setup.batch_sharding)
-  writer = MetricWriter(workdir)
   start_step = int(jax.device_get(state.step))
+  writer = MetricWriter(workdir, start_step)
   pending: list[dict] = []
   t_start = t_window = time.time()
   window_start = start_step

@@ -29,8 +29,15 @@ def main(runs: str, out: str) -> None:
       grid = json.load(f)
     with open(summary_path) as f:
       summary = json.load(f)
-    with open(os.path.join(runs, name, "metrics.jsonl")) as f:
-      images_per_s = [json.loads(line)["images_per_second"] for line in f]
+    images_per_s = []
+    metrics_path = os.path.join(runs, name, "metrics.jsonl")
+    if os.path.exists(metrics_path):
+      with open(metrics_path) as f:
+        for line in f:
+          try:
+            images_per_s.append(json.loads(line)["images_per_second"])
+          except (json.JSONDecodeError, KeyError):
+            continue  # An evaluation record, or a line torn by a kill.
     acc = np.array(grid["accuracy"])
     rows.append({"run": name, "full_exit": float(acc[-1, -1]), "grid_mean": float(acc.mean()),
                  "full_depth_by_width": acc[-1].round(4).tolist(),
@@ -39,7 +46,8 @@ def main(runs: str, out: str) -> None:
                  # Resumed runs: wall time of the last leg only; images/s over all logged steps.
                  "wall_seconds_last_leg": summary["wall_seconds"],
                  "resumed_from_step": summary["resumed_from_step"],
-                 "median_images_per_s": float(np.median(images_per_s)),
+                 "median_images_per_s": (float(np.median(images_per_s)) if images_per_s
+                                         else float("nan")),
                  "split": grid["split"], "num_examples": grid["num_examples"]})
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   write(out + ".json", json.dumps(rows, indent=1))

@@ -83,6 +83,11 @@ def test_sigkill_at_arbitrary_moments_then_resume_gives_the_same_run(tmp_path, r
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err
   assert _sha(workdir) == reference_sha
+  # The metric log reads as an uninterrupted run's: what a killed run logged after its last
+  # checkpoint was dropped on resume, not logged twice.
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps == list(range(2, 121, 2)), steps
 
 
 def _corrupt(step_dir):
