@@ -43,7 +43,8 @@ def feasible(resources: dict, limits: dict) -> np.ndarray:
     grid = np.asarray(resources.get(LIMITS[name], np.full(shape, np.nan)), np.float64)
     if np.isnan(grid).all():
       raise UserError(f"budget {name} needs the measured grid '{LIMITS[name]}': run "
-                      "--mode=resources first")
+                      "--mode=resources first (with resources.measure=True"
+                      + (" and resources.latency=True)" if name == "latency_ms" else ")"))
     ok &= grid <= value
   return ok
 
@@ -189,9 +190,10 @@ def run(config, workdir: str) -> dict:
   accuracy, res = _grids(config, workdir)
   choice = select(accuracy, res, limits)
   if choice is None:
-    raise UserError(f"no sub-network fits the budget {limits}; the smallest needs "
-                    f"{int(np.min(res['macs'])):,} MACs and {int(np.min(res['params'])):,} "
-                    "parameters")
+    smallest = ", ".join(f"{name} {np.nanmin(np.asarray(res[LIMITS[name]], float)):,.4g}"
+                         for name in limits)
+    raise UserError(f"no sub-network fits the budget {limits}; the smallest values in the "
+                    f"grid: {smallest}")
   widths = accuracy.shape[1]
   d_acc, d_res, label = _depth_only(config, accuracy, res)
   depth_choice = select(d_acc, d_res, limits, columns=[d_acc.shape[1]])

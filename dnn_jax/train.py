@@ -297,6 +297,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_validation.validate(config)
   _check_writable(workdir)
   dataset = input_pipeline.load_dataset(config.data, workdir)
+  if len(dataset.train) < config.train.batch_size:
+    raise DataError(f"config.train.batch_size: {config.train.batch_size} is more than the "
+                    f"{len(dataset.train)} training examples")
   setup = make_setup(config, dataset.num_classes, dataset.train.images.shape[-1])
   spe, total_steps = num_train_steps(config, len(dataset.train))
   depths, widths = models.grid_shape(config.model)
@@ -346,8 +349,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bad = [i for i, m in enumerate(fetched) if not np.isfinite(m["loss"])]
     if bad:
       raise NonFiniteLossError(
-          f"non-finite loss at step {step - len(fetched) + bad[0] + 1}; "
-          f"the last good checkpoint is step {mngr.latest_step()}")
+          f"non-finite loss at step {step - len(fetched) + bad[0] + 1}; " + (
+              f"the last good checkpoint is step {mngr.latest_step()}"
+              if mngr.latest_step() is not None else "no checkpoint was saved yet"))
     now = time.time()
     images_per_s = (step - window_start) * config.train.batch_size / max(now - t_window, 1e-9)
     eta = (total_steps - step) * config.train.batch_size / max(images_per_s, 1e-9)

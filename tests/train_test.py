@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from dnn_jax import evaluate
 from dnn_jax import train
@@ -217,3 +218,11 @@ def test_configs_saved_before_a_field_existed_still_load(tiny_config):
   restored = checkpointing.with_defaults(old)
   assert restored.model.conv_form == "auto" and restored.loss.head_gradient == "sum"
   assert restored.model.channels_per_group == (4, 8) and restored.train.num_steps == 20
+
+
+def test_batch_larger_than_the_train_split_is_a_clear_error(tiny_config, tmp_path):
+  from dnn_jax.errors import DataError
+  tiny_config.train.batch_size = 4096  # digits: 1,438 training examples
+  with pytest.raises(DataError, match="config.train.batch_size: 4096 is more than the 1438 training "):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
