@@ -9,7 +9,6 @@ sub-network (sliced, jit-compiled), and sets their ratio beside the analytic MAC
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnn_jax import config_base, models, refine, resources, subnetwork  # noqa: E402
+from dnn_jax import config_base, files, models, refine, resources, subnetwork  # noqa: E402
 
 PATHS = {"paper": [(4, 4), (4, 11), (8, 11), (8, 16), (12, 16), (16, 22)],
          "cpu": [(2, 2), (2, 4), (4, 4), (4, 6), (7, 8)]}
@@ -87,9 +86,7 @@ def main():
             "total_refine_ms": float(sum(r["refine_ms"] for r in rows)),
             "scratch_final_ms": rows[-1]["scratch_ms"]}
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(record, f, indent=1)
+    files.write_json(args.out, record)
   return record
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnn_jax import config_base, input_pipeline, models, resources, subnetwork, train  # noqa
+from dnn_jax import config_base, files, input_pipeline, models, resources, subnetwork, train  # noqa
 
 ARGS = None
 
@@ -296,10 +296,7 @@ SUMMARY = {"exit_overhead_ratio": ("exit_overhead", "exit_overhead_ratio"),
 
 def write(record: dict) -> None:
   if ARGS.out:
-    os.makedirs(os.path.dirname(ARGS.out) or ".", exist_ok=True)
-    with open(ARGS.out + ".tmp", "w") as f:
-      json.dump(record, f, indent=1)
-    os.replace(ARGS.out + ".tmp", ARGS.out)
+    files.write_json(ARGS.out, record)
 
 
 def main():

@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0  # Fixes init, data order, augmentation and the validation split.
+  c.seed = 0  # Fixes init, data order and augmentation (carved splits use a fixed seed of 0).
 
   c.data = d = ml_collections.ConfigDict()
   d.source = "digits"  # digits | tfds | image_folder

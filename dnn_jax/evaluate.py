@@ -11,6 +11,7 @@ import optax
 
 from dnn_jax import checkpointing
 from dnn_jax import config_validation
+from dnn_jax import files
 from dnn_jax import input_pipeline
 from dnn_jax import plots
 from dnn_jax import train
@@ -72,7 +73,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        f"{dataset.eval_split} accuracy (%) per sub-network, step {step}",
                        scale=100.0, fmt="{:.0f}" if widths > 12 else "{:.1f}",
                        cbar_label="accuracy (%)")
-    train.write_json(os.path.join(out, "grid.json"), record)
+    files.write_json(os.path.join(out, "grid.json"), record)
   train.log(f"Evaluated step {step} on {len(dataset.eval):,} {dataset.eval_split} examples: "
             f"full exit {grid[-1, -1]:.4f}, smallest exit {grid[0, 0]:.4f}, "
             f"grid mean {grid.mean():.4f}")

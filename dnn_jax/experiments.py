@@ -23,6 +23,7 @@ import numpy as np
 from dnn_jax import baselines
 from dnn_jax import checkpointing
 from dnn_jax import evaluate
+from dnn_jax import files
 from dnn_jax import input_pipeline
 from dnn_jax import models
 from dnn_jax import plots
@@ -50,10 +51,8 @@ def _saved(workdir: str):
 
 def _write(out: str, name: str, record: dict, table: list[str]) -> None:
   os.makedirs(out, exist_ok=True)
-  train.write_json(os.path.join(out, f"{name}.json"), record)
-  with open(os.path.join(out, f"{name}.md.tmp"), "w") as f:
-    f.write("\n".join(table) + "\n")
-  os.replace(os.path.join(out, f"{name}.md.tmp"), os.path.join(out, f"{name}.md"))
+  files.write_json(os.path.join(out, f"{name}.json"), record)
+  files.write_atomic(os.path.join(out, f"{name}.md"), "\n".join(table) + "\n")
 
 
 def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:

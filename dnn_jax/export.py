@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 
+from dnn_jax import files
 from dnn_jax import models
 from dnn_jax import subnetwork
 
@@ -49,19 +50,12 @@ def export_subnetwork(model: models.DNNet, variables: dict, depth: int, width: i
       **(metadata or {}),
   }
   os.makedirs(out_dir, exist_ok=True)
-  _write_atomic(os.path.join(out_dir, PROGRAM), exported.serialize())
+  files.write_atomic(os.path.join(out_dir, PROGRAM), exported.serialize())
   tmp = os.path.join(out_dir, WEIGHTS + ".tmp.npz")
   np.savez(tmp, **dict(zip(manifest["weights"], arrays)))
   os.replace(tmp, os.path.join(out_dir, WEIGHTS))
-  _write_atomic(os.path.join(out_dir, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
+  files.write_json(os.path.join(out_dir, MANIFEST), manifest)
   return manifest
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 def load_and_run(export_dir: str, images: np.ndarray) -> np.ndarray:

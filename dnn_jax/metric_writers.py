@@ -7,6 +7,8 @@ import os
 
 import jax
 
+from dnn_jax import files
+
 
 class MetricWriter:
   """Appends `{"step": s, **scalars}` to DIR/metrics.jsonl and DIR/tensorboard/; process 0 only.
@@ -53,6 +55,4 @@ def _truncate_after(path: str, step: int) -> None:
         continue  # Torn by a kill mid-write.
       if isinstance(record, dict) and record.get("step", step + 1) <= step:
         kept.append(json.dumps(record) + "\n")
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+  files.write_atomic(path, "".join(kept))

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dnn_jax import files
 from dnn_jax import models
 from dnn_jax import subnetwork
 
@@ -186,7 +187,7 @@ def run(config, workdir: str) -> dict:
         if not np.isnan(values).all():
           plots.grid_heatmap(values, os.path.join(out, f"{key}.png"), title, scale=scale,
                              fmt=fmt, annotate=model.num_groups <= 12)
-    train.write_json(os.path.join(out, "grid.json"), record)
+    files.write_json(os.path.join(out, "grid.json"), record)
   full = (model.num_exits - 1, model.num_groups - 1)
   train.log(f"Resources of {model.num_exits} x {model.num_groups} sub-networks written to "
             f"{os.path.join(workdir, 'resources')}; full network: {grid['macs'][full]:,} MACs, "

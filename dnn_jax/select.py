@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 
+from dnn_jax import files
 from dnn_jax.errors import UserError
 from dnn_jax.subnetwork import subnet_id
 
@@ -183,7 +184,7 @@ def _limits(config) -> dict:
 def run(config, workdir: str) -> dict:
   """--mode=select: prints the choice under config.budget, writes DIR/select.json and the
   Fig. 5 view (every feasible sub-network, DNNet vs depth-only) as markdown and PNG."""
-  from dnn_jax import plots, train
+  from dnn_jax import plots
   limits = _limits(config)
   if not limits:
     raise UserError("config.budget: set at least one limit, e.g. --config.budget.macs=24e6")
@@ -203,7 +204,7 @@ def run(config, workdir: str) -> dict:
             "feasible": [{"id": subnet_id(d + 1, c + 1), "accuracy": float(accuracy[d, c]),
                           "macs": float(res["macs"][d, c])} for d, c in np.argwhere(ok)]}
   if jax.process_index() == 0:
-    train.write_json(os.path.join(workdir, "select.json"), record)
+    files.write_json(os.path.join(workdir, "select.json"), record)
     out = os.path.join(workdir, "select")
     os.makedirs(out, exist_ok=True)
     plots.grid_heatmap(accuracy, os.path.join(out, "feasible.png"),
@@ -218,7 +219,7 @@ def run(config, workdir: str) -> dict:
     for d, c in sorted(map(tuple, np.argwhere(ok)), key=lambda dc: -accuracy[dc]):
       lines.append(f"| {subnet_id(d + 1, c + 1)} | {100 * accuracy[d, c]:.2f} | "
                    f"{res['macs'][d, c]:,.0f} | {res['params'][d, c]:,.0f} |")
-    _write_text(os.path.join(out, "feasible.md"), "\n".join(lines) + "\n")
+    files.write_atomic(os.path.join(out, "feasible.md"), "\n".join(lines) + "\n")
   print(f"Best under {limits}: {choice['id']} (accuracy {100 * choice['accuracy']:.2f}%, "
         f"{choice['macs']:,.0f} MACs, {choice['params']:,.0f} params) among "
         f"{choice['feasible_count']} feasible; {label}: "
@@ -229,7 +230,6 @@ def run(config, workdir: str) -> dict:
 
 def run_trace_mode(config, workdir: str) -> dict:
   """--mode=trace: the chosen sub-network per time step of a budget trace, vs depth-only."""
-  from dnn_jax import train
   if not config.budget.trace:
     raise UserError("config.budget.trace: give a JSON or CSV budget time series")
   trace = read_trace(config.budget.trace)
@@ -260,7 +260,7 @@ def run_trace_mode(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     out = os.path.join(workdir, "trace")
     os.makedirs(out, exist_ok=True)
-    train.write_json(os.path.join(out, "trace.json"), record)
+    files.write_json(os.path.join(out, "trace.json"), record)
     _plot_trace(steps, os.path.join(out, "trace.png"))
   print(f"Trace of {len(steps)} budgets: mean accuracy DNNet "
         f"{_pct(summary['dnn']['mean_accuracy'])} vs depth-only "
@@ -295,12 +295,5 @@ def _plot_trace(steps, path: str) -> None:
     ax.legend(fontsize=7)
   axes[-1].set_xlabel("time step")
   plots.save(fig, path)
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import signal
 import threading
@@ -21,6 +20,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dnn_jax import checkpointing
+from dnn_jax import files
 from dnn_jax import config_validation
 from dnn_jax import input_pipeline
 from dnn_jax import models
@@ -410,20 +410,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "num_params": n_params, "devices": jax.device_count(),
              "processes": jax.process_count(), "backend": jax.default_backend()}
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "train_summary.json"), summary)
+    files.write_json(os.path.join(workdir, "train_summary.json"), summary)
   log(f"Training done: step {summary['final_step']} in {_duration(wall)}; "
       f"params sha256 {summary['params_sha256'][:16]}...")
   return summary
 
 
-def write_json(path: str, obj) -> None:
-  """Writes JSON atomically (temp file + rename): never a half-written result."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def _duration(seconds: float) -> str:

@@ -10,12 +10,7 @@ import sys
 
 import numpy as np
 
-
-def write(path: str, text: str) -> None:
-  """Writes whole or not at all: a crash never leaves a half-written table."""
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+from dnn_jax import files
 
 
 def main(runs: str, out: str) -> None:
@@ -50,14 +45,14 @@ def main(runs: str, out: str) -> None:
                                          else float("nan")),
                  "split": grid["split"], "num_examples": grid["num_examples"]})
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  write(out + ".json", json.dumps(rows, indent=1))
+  files.write_json(out + ".json", rows)
   lines = ["| run | full exit (%) | mean of all exits (%) | full depth, widths 1..G (%) | "
            "median img/s |", "|---|---|---|---|---|"]
   for r in sorted(rows, key=lambda r: -r["full_exit"]):
     widths = " / ".join(f"{100 * v:.0f}" for v in r["full_depth_by_width"])
     lines.append(f"| {r['run']} | {100 * r['full_exit']:.1f} | {100 * r['grid_mean']:.1f} | "
                  f"{widths} | {r['median_images_per_s']:.0f} |")
-  write(out + ".md", "\n".join(lines) + "\n")
+  files.write_atomic(out + ".md", "\n".join(lines) + "\n")
   print("\n".join(lines))
 
 
