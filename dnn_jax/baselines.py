@@ -102,7 +102,7 @@ def fine_tune_accuracy(model: models.DNNet, variables: dict, train_split, eval_s
   depth = model.num_exits
   accuracies = []
   for c in range(1, model.num_groups + 1):
-    sub, sub_vars = subnetwork.extract(model, variables, depth, c)
+    _, sub_vars = subnetwork.extract(model, variables, depth, c)
     backbone = subnetwork.subnetwork_model(model, depth, c)  # Same weights, all its exits.
     head = sub_vars["params"][f"exit_{depth}"]
     full_vars = subnetwork.slice_variables(variables, model.num_groups, depth, c)

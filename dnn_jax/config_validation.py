@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 
+from dnn_jax import models
 from dnn_jax.errors import ConfigError
 
 SOURCES = ("digits", "tfds", "image_folder")
@@ -78,8 +79,8 @@ def validate(config, device_count: int | None = None, check_paths: bool = True) 
     stages = len(m.channels_per_group)
   _require(stages == len(m.blocks_per_stage), "model.blocks_per_stage",
            f"has {len(m.blocks_per_stage)} stages but the channel layout has {stages}")
-  _one_of(m.shortcut, "model.shortcut", ("projection", "pad"))
-  _one_of(m.head_reduction, "model.head_reduction", ("sum", "mean"))
+  _one_of(m.shortcut, "model.shortcut", models.SHORTCUTS)
+  _one_of(m.head_reduction, "model.head_reduction", models.HEAD_REDUCTIONS)
   _one_of(m.dtype, "model.dtype", DTYPES)
   form = m.conv_form
   _require(form in ("auto", "masked") or (form.startswith("blocks:") and form[7:].isdigit()
