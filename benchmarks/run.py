@@ -5,8 +5,9 @@
   python benchmarks/run.py --cells=24 --out ...   # per-cell benchmarks on 24 sampled cells
 
 Every time is the median of --repeats runs after --warmup untimed runs, compile excluded.
-Alternatives that a ratio compares (exit overhead, conv forms, ResNet-32 reference) are timed
-interleaved, round by round, so a load that comes and goes on a shared machine hits them alike.
+Alternatives that a ratio compares (exit overhead, grid evaluation, conv forms, ResNet-32
+reference) are timed interleaved, round by round, so a load that comes and goes on a shared
+machine hits them alike.
 Writes one JSON object (rewritten after every section, so an interrupted run keeps what it
 measured; "complete" says whether all sections ran); the summary's keys are at its top level.
 """
@@ -157,8 +158,16 @@ def bench_grid_eval(cfg, n):
   grid_step = jax.jit(functools.partial(train.eval_step, model))
   sub, sub_vars = subnetwork.extract(model, variables, model.num_exits, model.num_groups)
   plain = jax.jit(lambda v, x: sub.apply(v, x))
-  out = {"grid_eval_ms": 1e3 * timed(grid_step, variables, images, labels, mask),
-         "one_forward_ms": 1e3 * timed(plain, sub_vars, images)}
+  # Where the difference goes: the fused network's logits of every exit, and the same network
+  # (masks applied on the fly) with only its last exit's head.
+  all_logits = jax.jit(lambda v, x: model.apply(v, x))
+  last = model.clone(only_last_exit=True)
+  last_only = jax.jit(lambda v, x: last.apply(v, x))
+  times = side_by_side({"grid_eval": lambda: grid_step(variables, images, labels, mask),
+                        "one_forward": lambda: plain(sub_vars, images),
+                        "all_exit_logits": lambda: all_logits(variables, images),
+                        "last_exit_only": lambda: last_only(variables, images)})
+  out = {f"{k}_ms": 1e3 * v for k, v in times.items()}
   out["grid_eval_ratio"] = out["grid_eval_ms"] / out["one_forward_ms"]
   macs = mac_grid(cfg.model)
   cells = sampled_cells(macs)

@@ -227,7 +227,7 @@ class DNNet(nn.Module):
 # The fastest causal conv form per backend, from benchmarks/run.py's conv_forms section
 # (BENCHMARKS.md; train step, interleaved timing): masked won everywhere it was measured --
 # CPU (2 cores): paper preset batch 32, 866 ms vs 884 (blocks:2) vs 1157 (blocks:4); CPU preset
-# batch 64, 294 vs 345 vs 510. H100: paper preset fp32 batch 128, 7.7 ms vs 11.4 vs 16.1; bf16
+# batch 64, 159 vs 170 vs 236. H100: paper preset fp32 batch 128, 7.7 ms vs 11.4 vs 16.1; bf16
 # batch 1024, 26.5 vs 43.4 (blocks:2). The blocks forms skip the zero blocks but run several
 # narrow convolutions, which costs more than the skipped FLOPs at these widths. TPU: not
 # measured; masked keeps one dense matmul-shaped conv, the MXU's best case.
