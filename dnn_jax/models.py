@@ -31,6 +31,14 @@ def group_mask(cin: int, cout: int, num_groups: int, *, grouped_input: bool = Tr
   return g_in[:, None] <= g_out[None, :]
 
 
+def conv_kernel_mask(layer: str, kernel_shape, num_groups: int, causal: bool = True
+                     ) -> np.ndarray:
+  """Bool (C_in, C_out) mask of an HWIO kernel of top-level module `layer`: the stem's groups
+  all read the whole image; every other conv is channel-causal."""
+  return group_mask(kernel_shape[2], kernel_shape[3], num_groups,
+                    grouped_input=layer != "stem", causal=causal)
+
+
 def masked_he_normal(mask: np.ndarray):
   """He-normal init using each output channel's *visible* fan-in; masked taps are zero."""
 
@@ -280,8 +288,7 @@ def kernel_masks(params, model_config) -> dict:
   def mask(path, leaf):
     names = [getattr(p, "key", str(p)) for p in path]
     if names[-1] == "kernel" and leaf.ndim == 4:
-      m = group_mask(leaf.shape[2], leaf.shape[3], g, grouped_input=names[0] != "stem",
-                     causal=causal)
+      m = conv_kernel_mask(names[0], leaf.shape, g, causal)
       return np.broadcast_to(m, leaf.shape)
     return np.ones(leaf.shape, bool)
 

@@ -56,7 +56,7 @@ def conv_layers(model: models.DNNet, image_shape) -> list[ConvLayer]:
     for n in names:
       kernel = kernel[n]
     kh, kw, cin, cout = kernel["kernel"].shape
-    mask = models.group_mask(cin, cout, g, grouped_input=names[0] != "stem", causal=model.causal)
+    mask = models.conv_kernel_mask(names[0], kernel["kernel"].shape, g, model.causal)
     widths = np.arange(1, g + 1)
     cin_c = np.full(g, cin) if names[0] == "stem" else cin * widths // g
     cout_c = cout * widths // g

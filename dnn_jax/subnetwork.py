@@ -74,15 +74,13 @@ def extract(full_model: models.DNNet, variables: dict, depth: int, width: int
   sliced = slice_variables(variables, full_model.num_groups, depth, width, only_last_exit=True)
 
   def premask(path, x):
-    names = [getattr(p, "key", str(p)) for p in path]
+    names = _names(path)
     if names[-1] == "kernel" and x.ndim == 4:
-      mask = models.group_mask(x.shape[2], x.shape[3], width, grouped_input=names[1] != "stem",
-                               causal=full_model.causal)
-      return x * mask.astype(x.dtype)
+      return x * models.conv_kernel_mask(names[0], x.shape, width, full_model.causal).astype(
+          x.dtype)
     return x
 
-  sliced["params"] = jax.tree_util.tree_map_with_path(premask, {"params": sliced["params"]})[
-      "params"]
+  sliced["params"] = jax.tree_util.tree_map_with_path(premask, sliced["params"])
   return model, sliced
 
 
