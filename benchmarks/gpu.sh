@@ -9,7 +9,8 @@
 #   3. paper preset, bfloat16, batch 1024: conv forms, exit overhead, hardware use;
 #   4. paper preset, float32, batch 1024: ResNet-32 reference, exit overhead, grid evaluation,
 #      hardware use (where the GPU has enough work for the fixed per-op costs to fade).
-# These are the commands behind benchmarks/results/gpu_h100/ (each JSON holds its command).
+# These are the commands behind benchmarks/results/gpu_h100/ (each JSON holds its command; the
+# runner has changed since: see BENCHMARKS.md).
 # If a .whl folder exists (wheels for packages the machine lacks, e.g. ml_collections), it is
 # installed into /tmp/site first.
 set -uo pipefail

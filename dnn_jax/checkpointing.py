@@ -12,6 +12,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "corrupt_checkpoints"  # Unreadable checkpoints are moved here, never deleted.
 
 
 def manager(workdir: str, checkpoint_config=None) -> ocp.CheckpointManager:
@@ -37,36 +38,35 @@ def abstract_like(tree, sharding):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def state_config_differences(saved: ml_collections.ConfigDict, saved_classes,
-                             config: ml_collections.ConfigDict, class_names) -> list[str]:
-  """Differences that change the train state's structure: model fields (not the conv form,
-  which only changes how the network runs), momentum on/off, the number of classes."""
-  def flat(tree, prefix):
-    out = {}
-    for k, v in tree.items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
+# Model fields that define the network a checkpoint holds (its parameter structure or what
+# its parameters compute). Others (conv form, dtype, BN momentum, init choices) may change
+# on a resume.
+NETWORK_FIELDS = ("num_groups", "channels_per_group", "stage_channels", "blocks_per_stage",
+                  "causal", "shortcut", "head_reduction")
 
-  a, b = flat(saved.model.to_dict(), "model."), flat(config.model.to_dict(), "model.")
-  diffs = [f"{k}={a.get(k)!r} (saved) vs {b.get(k)!r} (given)" for k in sorted(set(a) | set(b))
-           if k != "model.conv_form" and a.get(k) != b.get(k)]
-  if (saved.train.momentum > 0) != (config.train.momentum > 0):
-    diffs.append(f"train.momentum={saved.train.momentum} (saved) vs {config.train.momentum} "
-                 "(given)")
-  if class_names is not None and len(saved_classes) != len(class_names):
-    diffs.append(f"{len(saved_classes)} classes (saved) vs {len(class_names)} (given data)")
+
+def network_differences(saved: "Saved", config: ml_collections.ConfigDict, class_names,
+                        num_channels: int) -> list[str]:
+  """What makes `config` + the given data build another network than the checkpoint's."""
+  diffs = []
+  for key in NETWORK_FIELDS:
+    a, b = saved.config.model[key], config.model[key]
+    a, b = (tuple(a), tuple(b)) if isinstance(a, (list, tuple)) else (a, b)
+    if a != b:
+      diffs.append(f"model.{key}={a!r} (saved) vs {b!r} (given)")
+  if (saved.config.train.momentum > 0) != (config.train.momentum > 0):
+    diffs.append(f"train.momentum={saved.config.train.momentum} (saved) vs "
+                 f"{config.train.momentum} (given): the optimizer state differs")
+  if len(saved.class_names) != len(class_names):
+    diffs.append(f"{len(saved.class_names)} classes (saved) vs {len(class_names)} (given data)")
+  if saved.image_shape is not None and saved.image_shape[-1] != num_channels:
+    diffs.append(f"{saved.image_shape[-1]} image channels (saved) vs {num_channels} (given data)")
   return diffs
 
 
-def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: str, log=print,
-                        config: ml_collections.ConfigDict | None = None, class_names=None):
+def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: str, log=print):
   """Restores the newest checkpoint that reads back; unreadable ones are moved aside to
-  DIR/corrupt_checkpoints/ (never deleted) and reported. Raises UserError if none reads, or
-  (given `config`) if a checkpoint fails to restore because it was saved with a different
-  network or optimizer structure: that is a wrong config, not a corrupt file."""
+  DIR/corrupt_checkpoints/ (never deleted) and reported. Raises UserError if none reads."""
   from dnn_jax.errors import UserError
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
@@ -74,19 +74,8 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: st
       return restore(mngr, abstract_state, step)
     except Exception as e:  # Orbax raises many types for truncated or corrupt files.
       reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-      if config is not None:
-        try:
-          saved, saved_classes = restore_metadata(mngr, step)
-        except Exception:  # The metadata is unreadable too: a corrupt checkpoint.
-          saved = None
-        diffs = saved and state_config_differences(saved, saved_classes, config, class_names)
-        if diffs:
-          raise UserError(
-              f"checkpoint step {step} in {os.path.join(workdir, CHECKPOINT_DIR)} was saved "
-              f"with a different network: {'; '.join(diffs)}. Resume with the saved config "
-              "or train in a new --workdir") from e
       if jax.process_index() == 0:
-        aside = os.path.join(workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
+        aside = os.path.join(workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
         os.makedirs(os.path.dirname(aside), exist_ok=True)
         shutil.move(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, str(step)), aside)
         log(f"Checkpoint step {step} is unreadable ({reason}); moved to {aside}")
@@ -95,7 +84,7 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: st
         multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
       mngr.reload()
   raise UserError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)} "
-                  f"(tried steps {steps}; see {os.path.join(workdir, 'corrupt_checkpoints')})")
+                  f"(tried steps {steps}; see {os.path.join(workdir, CORRUPT_DIR)})")
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
@@ -135,21 +124,23 @@ class Saved:
             or input_pipeline.describe(data_config or self.config.data)[0])
 
 
-def load_saved(workdir: str, step: int | None = None) -> Saved:
-  """The metadata of the checkpoint at `step` (default: latest); UserError if there is none."""
+def load_saved(workdir: str, step: int | None = None, *, required: bool = True
+               ) -> Saved | None:
+  """The metadata of the checkpoint at `step` (default: latest). Without a checkpoint:
+  UserError, or None when not `required`."""
   from dnn_jax.errors import UserError
   ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
-  missing = UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
-  if not os.path.isdir(ckpt_dir):
-    raise missing
-  mngr = manager(workdir)
+  mngr = manager(workdir) if os.path.isdir(ckpt_dir) else None
   try:
-    step = mngr.latest_step() if step is None else step
+    step = mngr.latest_step() if (mngr and step is None) else step
     if step is None:
-      raise missing
+      if required:
+        raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+      return None
     meta = _read_metadata(mngr, step)
   finally:
-    mngr.close()
+    if mngr:
+      mngr.close()
   shape = meta.get("image_shape")
   return Saved(with_defaults(meta["config"]), tuple(meta["class_names"]),
                tuple(shape) if shape else None, int(step))

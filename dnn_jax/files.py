@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 
 def write_atomic(path: str, data: str | bytes | bytearray) -> None:
-  """Writes `data` (text or bytes) to `path` through a temporary file and a rename."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w" if isinstance(data, str) else "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  """Writes `data` (text or bytes) to `path`: a private temporary file in the same folder,
+  flushed to disk, then renamed over `path`."""
+  folder = os.path.dirname(path) or "."
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); results are ordinary files.
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def write_json(path: str, obj) -> None:

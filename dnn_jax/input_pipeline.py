@@ -102,12 +102,10 @@ def describe(data_config) -> tuple[tuple[int, int, int], tuple[str, ...]]:
              ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
               "truck"))
     return static_image_shape(data_config), names
-  root = os.path.expanduser(data_config.root)
-  dirs = [d for d in (os.path.join(root, s) for s in ("train", "test")) if os.path.isdir(d)]
-  if not dirs:
-    raise DataError(f"config.data.root: {data_config.root!r} has neither train/ nor test/ "
-                    "(expected train/<class>/*.jpg)")
-  train_dir = dirs[0]
+  train_dir = os.path.join(os.path.expanduser(data_config.root), "train")
+  if not os.path.isdir(train_dir):  # The classes are those of train/ (test/ may hold fewer).
+    raise DataError(f"config.data.root: {data_config.root!r} has no train/ folder to read the "
+                    "classes and image size from")
   classes, files = _folder_files(train_dir)
   shape = static_image_shape(data_config)
   if shape is None:

@@ -27,7 +27,8 @@ class MetricWriter:
         _truncate_after(path, start_step)
       self._jsonl = open(path, "a")
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step)
+      # Events at steps > start_step are dropped (the restored step's own record stays).
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.enabled:

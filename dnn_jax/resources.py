@@ -142,9 +142,9 @@ def measured_grid(model: models.DNNet, variables: dict, image_shape, *, batch_si
 def run(config, workdir: str) -> dict:
   """--mode=resources: writes DIR/resources/grid.json and one heatmap per quantity."""
   from dnn_jax import checkpointing, input_pipeline, plots, train
-  if os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
+  saved = checkpointing.load_saved(workdir, required=False)
+  if saved is not None:
     # A trained workdir: the network it holds, whatever the given config's model says.
-    saved = checkpointing.load_saved(workdir)
     image_shape, class_names = saved.input_shape(config.data), saved.class_names
     config = config.copy_and_resolve_references()
     config.model, config.data.mean, config.data.std = (saved.config.model, saved.config.data.mean,

@@ -142,9 +142,8 @@ def read_trace(path: str) -> list[dict]:
 def _grids(config, workdir: str):
   """(accuracy, resources) grids of a workdir for --mode=select/trace, shape-checked."""
   from dnn_jax import checkpointing, input_pipeline, models, resources
-  saved = None
-  if os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
-    saved = checkpointing.load_saved(workdir)  # The trained model's layout wins.
+  saved = checkpointing.load_saved(workdir, required=False)
+  if saved is not None:  # The trained model's layout wins over the given config's.
     config = config.copy_and_resolve_references()
     config.model = saved.config.model
   shape = models.grid_shape(config.model)
@@ -193,8 +192,9 @@ def run(config, workdir: str) -> dict:
   if choice is None:
     smallest = ", ".join(f"{name} {np.nanmin(np.asarray(res[LIMITS[name]], float)):,.4g}"
                          for name in limits)
-    raise UserError(f"no sub-network fits the budget {limits}; the smallest values in the "
-                    f"grid: {smallest}")
+    raise UserError(f"no sub-network fits the budget {limits}"
+                    + (" (all limits at once)" if len(limits) > 1 else "")
+                    + f"; the smallest values in the grid: {smallest}")
   widths = accuracy.shape[1]
   d_acc, d_res, label = _depth_only(config, accuracy, res)
   depth_choice = select(d_acc, d_res, limits, columns=[d_acc.shape[1]])

@@ -286,6 +286,21 @@ def abstract_state(setup: Setup, tx, image_shape, seed: int):
                                                    setup.replicated)
 
 
+def _check_same_network(workdir: str, mngr, config, dataset) -> None:
+  """A resume must build the network the checkpoint holds: else a config error naming the
+  fields (not a corrupt checkpoint, and not a silent switch to another network)."""
+  try:
+    saved = checkpointing.load_saved(workdir, mngr.latest_step())
+  except Exception:  # Unreadable metadata: restore_latest_good moves the checkpoint aside.
+    return
+  diffs = checkpointing.network_differences(saved, config, dataset.class_names,
+                                            dataset.train.images.shape[-1])
+  if diffs:
+    raise UserError(f"checkpoint step {saved.step} in {workdir}/{checkpointing.CHECKPOINT_DIR} "
+                    f"holds a different network: {'; '.join(diffs)}. Resume with the saved "
+                    "config or train in a new --workdir")
+
+
 def num_train_steps(config, num_examples: int) -> tuple[int, int]:
   spe = input_pipeline.steps_per_epoch(num_examples, config.train.batch_size)
   total = config.train.num_steps or int(round(config.train.num_epochs * spe))
@@ -311,14 +326,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_fn, init_key, abstract = abstract_state(setup, tx, image_shape, config.seed)
   mngr = checkpointing.manager(workdir, config.checkpoint)
   if mngr.latest_step() is not None:
-    state = checkpointing.restore_latest_good(mngr, abstract, workdir, log, config,
-                                              dataset.class_names)
+    _check_same_network(workdir, mngr, config, dataset)
+    state = checkpointing.restore_latest_good(mngr, abstract, workdir, log)
     log(f"Resumed from {workdir}/{checkpointing.CHECKPOINT_DIR} at step {int(state.step)}")
   else:
-    aside = os.path.join(workdir, "corrupt_checkpoints")
+    aside = os.path.join(workdir, checkpointing.CORRUPT_DIR)
     if os.path.isdir(aside) and os.listdir(aside):
-      log(f"Note: no checkpoints in {workdir}/{checkpointing.CHECKPOINT_DIR}; unreadable ones "
-          f"are in {aside}. Starting from scratch.")
+      raise UserError(f"{workdir} has no readable checkpoint, only unreadable ones in {aside}; "
+                      "move that folder away to train from scratch in this workdir")
     state = init_fn(init_key)
   n_params = models.count_params(state.params, config.model)
   log(f"DNNet: {depths} depths x {widths} widths = {depths * widths} exits, "

@@ -23,6 +23,9 @@ snapshot_one() {  # src dst
   if [ "$mode" = restore ]; then  # Never replace newer local progress with an older snapshot.
     have=$(newest_step "$dst")
     if [ -n "$have" ] && [ "$have" -ge "${latest:-0}" ]; then
+      for item in eval train_summary.json metrics.jsonl; do  # Only what the run lacks.
+        if [ -e "$src/$item" ] && [ ! -e "$dst/$item" ]; then cp -r "$src/$item" "$dst/"; fi
+      done
       echo "kept: $dst (step $have; snapshot: ${latest:-no checkpoint})"; return 0; fi
   fi
   mkdir -p "$dst"

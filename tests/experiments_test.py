@@ -134,3 +134,17 @@ def test_snapshot_restore_never_replaces_newer_local_progress(tmp_path):
   subprocess.run([script, "save", str(tmp_path / "runs"), str(tmp_path / "snap2")], check=True,
                  capture_output=True)
   assert sorted(os.listdir(tmp_path / "snap2" / "b" / "checkpoints")) == ["100"]
+  # Same step locally but no results yet (killed during the final evaluation): results join.
+  os.remove(tmp_path / "runs" / "a" / "metrics.jsonl")
+  workdir(tmp_path / "snap3" / "a", 200, "snapshot a at 200")
+  subprocess.run([script, "restore", str(tmp_path / "snap3"), str(tmp_path / "runs")],
+                 check=True, capture_output=True)
+  assert (tmp_path / "runs" / "a" / "metrics.jsonl").read_text() == "snapshot a at 200"
+
+
+def test_resources_of_a_workdir_without_a_checkpoint_use_the_config(tmp_path, tiny_config):
+  from dnn_jax import main, models
+  os.makedirs(tmp_path / "checkpoints")  # Orbax creates it before the first save.
+  tiny_config.resources.measure = False
+  record = main.run(tiny_config, str(tmp_path), "resources")
+  assert np.array(record["macs"]).shape == models.grid_shape(tiny_config.model)

@@ -119,6 +119,9 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 2 and "no readable checkpoint in" in err, err
   assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 2  # steps 10, 20
+  proc = _start(workdir, "--config.train.num_steps=20")  # The same command again: still no.
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2 and "no readable checkpoint, only unreadable ones in" in err, err
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -175,6 +178,10 @@ def test_resuming_with_a_different_network_is_a_config_error_not_corruption(tmp_
     train.train_and_evaluate(changed, workdir)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == steps  # Nothing moved aside.
   assert not os.path.exists(tmp_path / "corrupt_checkpoints")
+  changed = tiny_config.copy_and_resolve_references()
+  changed.model.head_reduction = "mean"  # Same parameter shapes, another network: refused.
+  with pytest.raises(UserError, match=r"model.head_reduction='sum' \(saved\) vs 'mean'"):
+    train.train_and_evaluate(changed, workdir)
   changed = tiny_config.copy_and_resolve_references()
   changed.model.conv_form = "blocks:2"  # Runs the same network: resumes.
   changed.train.num_steps = 15
