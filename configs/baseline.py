@@ -8,8 +8,8 @@
          depth_only  a plain full-width network with an exit after every block, trained with
                      the joint loss over depth only (the conventional anytime network)
 
-  python -m dnn_jax.main --config=configs/baseline.py:cifar10_cpu,plain,4 --workdir=runs/plain_w4
-  python -m dnn_jax.main --config=configs/baseline.py:cifar10_cpu,depth_only --workdir=runs/depth_only
+  python -m dnn_jax.main --config=configs/baseline.py:cifar10_cpu,plain,4 --workdir=runs/cifar10_cpu/plain_w4
+  python -m dnn_jax.main --config=configs/baseline.py:cifar10_cpu,depth_only --workdir=runs/cifar10_cpu/depth_only
 
 Note: a plain network of G groups costs G^2 / (G (G + 1) / 2) = 2G / (G + 1) times the MACs of
 the causal DNNet of the same channels; for the 8-group CPU preset, the plain network of 6 groups

@@ -7,7 +7,7 @@ Paths are local files (a bucket mounted with gcsfuse, as launch/tpu_setup.sh doe
 works; gs:// URLs do not). On Cloud TPU: launch/README.md.
 
 Data: tfds `cifar10` prepared once (`tfds build cifar10 --file_format=array_record`).
-Model (design notes §3): 22 groups, 1/2/4 channels per group (22/44/88 channels), 5 blocks
+Model (the paper's ResNet-32 shape): 22 groups, 1/2/4 channels per group (22/44/88 channels), 5 blocks
 per stage, causal 1x1 projections at stage changes: 68,485,120 MACs at D16W22, the cost of a
 standard ResNet-32 (68,861,952), 473,352 effective parameters.
 Recipe (the paper gives none): the standard CIFAR ResNet recipe (SGD nesterov 0.9, batch 128,

@@ -7,7 +7,8 @@ DIR/data_cache), 5,000 of them held out as the validation split (fixed seed). JP
 are not the paper's CIFAR-10: numbers here are not comparable with the paper's.
 Model: 8 groups, 2/4/8 channels per group (16/32/64 channels, ResNet-20's widths), 2 blocks
 per stage: 7 depths x 8 widths = 56 sub-networks.
-Recipe: SGD nesterov 0.9, batch 128, lr 0.1, cosine, weight decay 5e-4, crop + flip,
+Recipe: SGD nesterov 0.9, batch 128, lr 0.1, 0.5 warm-up epochs then cosine, weight decay
+5e-4, crop + flip,
 15 epochs (5,265 steps). Time: this DNNet trained at 295 images/s on an idle 2-core VM
 (a 40-step probe, 2026-11-26), so 15 epochs take about 38 minutes, plus 14 s to decode the
 JPEGs once; with another job on the cores it takes about twice that. The joint-loss recipe is
