@@ -94,7 +94,7 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
         epochs=fine_tune_epochs, progress=train.log).tolist()
   labels = {"dnn": "DNNet (one network)", "full_training": "full training (one net per width)",
             "brute_force_slicing": "brute-force slicing", "fine_tuning": "fine-tuning"}
-  fig = plots.figure(figsize=(6.5, 4))
+  fig = plots.figure(figsize=(6.5, 4.8))
   ax = fig.subplots()
   for key, label in labels.items():
     if key in record:
@@ -103,7 +103,8 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
   ax.set_xlabel("width (channel groups), full depth")
   ax.set_ylabel(f"{record['split']} accuracy (%)")
   ax.grid(alpha=0.3)
-  ax.legend()
+  # Below the axes: inside, it would cover the slicing curves at the wide end.
+  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
   os.makedirs(out, exist_ok=True)
   plots.save(fig, os.path.join(out, "fig4.png"))
   keys = [k for k in labels if k in record]
