@@ -94,18 +94,6 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
       state=ocp.args.StandardRestore(abstract_state))).state
 
 
-def restore_metadata(mngr: ocp.CheckpointManager, step: int | None = None
-                     ) -> tuple[ml_collections.ConfigDict, list[str]]:
-  """(config, class_names) saved with the checkpoint at `step` (default: latest)."""
-  meta = _read_metadata(mngr, step)
-  return with_defaults(meta["config"]), list(meta["class_names"])
-
-
-def _read_metadata(mngr: ocp.CheckpointManager, step: int | None) -> dict:
-  step = mngr.latest_step() if step is None else step
-  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-
-
 @dataclasses.dataclass(frozen=True)
 class Saved:
   """What a workdir's checkpoint says about the trained model (no weights loaded)."""
@@ -137,10 +125,15 @@ def load_saved(workdir: str, step: int | None = None, *, required: bool = True
       if required:
         raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
       return None
-    meta = _read_metadata(mngr, step)
+    return saved_at(mngr, step)
   finally:
     if mngr:
       mngr.close()
+
+
+def saved_at(mngr: ocp.CheckpointManager, step: int) -> Saved:
+  """The metadata of checkpoint `step` through an open manager."""
+  meta = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
   shape = meta.get("image_shape")
   return Saved(with_defaults(meta["config"]), tuple(meta["class_names"]),
                tuple(shape) if shape else None, int(step))

@@ -26,13 +26,14 @@ def _network_fields(model_config) -> dict:
 
 
 def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channels: int,
-                    step: int | None = None):
+                    step: int | None = None, saved: checkpointing.Saved | None = None):
   """Restores (setup, variables, step, saved_config, class_names) from DIR/checkpoints.
 
   The model comes from the config saved with the checkpoint, so evaluating with a config
-  whose `model` fields differ still rebuilds the network that was trained.
+  whose `model` fields differ still rebuilds the network that was trained. `saved`: the
+  checkpoint's metadata when the caller has read it already.
   """
-  saved = checkpointing.load_saved(workdir, step)
+  saved = saved or checkpointing.load_saved(workdir, step)
   if _network_fields(config.model) != _network_fields(saved.config.model):
     train.log("Note: using the model config saved with the checkpoint, not the given one.")
   run_config = config.copy_and_resolve_references()
@@ -54,10 +55,12 @@ def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channel
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes DIR/eval/grid.json and DIR/eval/accuracy.png; returns the grid record."""
   config_validation.validate(config)
-  ckpt_classes = checkpointing.load_saved(workdir).class_names
-  dataset = input_pipeline.load_dataset(config.data, workdir, eval_only_classes=ckpt_classes)
+  saved = checkpointing.load_saved(workdir)
+  dataset = input_pipeline.load_dataset(config.data, workdir,
+                                        eval_only_classes=saved.class_names)
   channels = dataset.eval.images.shape[-1]
-  setup, variables, step, _, class_names = load_checkpoint(config, workdir, channels)
+  setup, variables, step, _, class_names = load_checkpoint(config, workdir, channels,
+                                                           saved=saved)
   if tuple(class_names) != dataset.class_names:
     raise DataError(f"the checkpoint's classes {class_names} differ from the data's "
                     f"{list(dataset.class_names)}")

@@ -83,9 +83,10 @@ def run(config, workdir: str) -> dict:
     depth, width = e.depth, e.width
     if not (depth and width):
       raise UserError("config.export: set subnet (e.g. D14W12) or depth and width")
-  image_shape = checkpointing.load_saved(workdir).input_shape(config.data)
+  saved = checkpointing.load_saved(workdir)
+  image_shape = saved.input_shape(config.data)
   setup, variables, step, saved, class_names = evaluate.load_checkpoint(
-      config, workdir, image_shape[-1])
+      config, workdir, image_shape[-1], saved=saved)
   model = setup.model
   if not (1 <= depth <= model.num_exits and 1 <= width <= model.num_groups):
     field = "config.export.subnet" if e.subnet else "config.export.depth/width"

@@ -290,7 +290,7 @@ def _check_same_network(workdir: str, mngr, config, dataset) -> None:
   """A resume must build the network the checkpoint holds: else a config error naming the
   fields (not a corrupt checkpoint, and not a silent switch to another network)."""
   try:
-    saved = checkpointing.load_saved(workdir, mngr.latest_step())
+    saved = checkpointing.saved_at(mngr, mngr.latest_step())
   except Exception:  # Unreadable metadata: restore_latest_good moves the checkpoint aside.
     return
   diffs = checkpointing.network_differences(saved, config, dataset.class_names,
