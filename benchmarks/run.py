@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnn_jax import config_base, files, input_pipeline, models, resources, subnetwork, train  # noqa
+from dnn_jax import config_base, files, input_pipeline, models, resources, subnetwork, train, xla_flags  # noqa
 
 ARGS = None
 
@@ -329,6 +329,8 @@ def main():
   ap.add_argument("--reference_form", default="masked",
                   help="the DNNet's conv form in the ResNet-32 reference")
   ARGS = ap.parse_args()
+  # What `python -m dnn_jax.main` trains and evaluates with (DNN_JAX_XLA_DEFAULTS=0: without).
+  xla_flags.apply_defaults()
   sections = ARGS.sections.split(",")
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
@@ -343,7 +345,8 @@ def main():
             "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
             "machine": platform.node(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": " ".join(sys.argv), "complete": False}
+            "command": " ".join(sys.argv), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "complete": False}
   forms = (ARGS.forms.split(",") if ARGS.forms else
            ["masked", "blocks:2", "blocks:4"] + ([] if quick else
                                                  [f"blocks:{cfg.model.num_groups}"]))

@@ -8,6 +8,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dnn_jax import xla_flags
 from dnn_jax.errors import RunError, TrainingInterrupted, UserError
 
 MODES = ("train", "eval", "resources", "select", "trace", "export")
@@ -87,6 +88,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  if _MODE.value in ("train", "eval"):
+    xla_flags.apply_defaults()  # Before JAX creates its backends (distributed init does).
   try:
     initialize_distributed(_DISTRIBUTED.value)
     run(_CONFIG.value, os.path.expanduser(_WORKDIR.value), _MODE.value)

@@ -423,7 +423,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"final_step": int(jax.device_get(state.step)), "wall_seconds": round(wall, 2),
              "resumed_from_step": start_step, "params_sha256": params_sha256(state.params),
              "num_params": n_params, "devices": jax.device_count(),
-             "processes": jax.process_count(), "backend": jax.default_backend()}
+             "processes": jax.process_count(), "backend": jax.default_backend(),
+             "xla_flags": os.environ.get("XLA_FLAGS", "")}
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "train_summary.json"), summary)
   log(f"Training done: step {summary['final_step']} in {_duration(wall)}; "

@@ -1,13 +1,14 @@
 """Command line: bad configs fail early with one line and exit code 2; configs validate."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from dnn_jax import config_validation
+from dnn_jax import config_validation, xla_flags
 from dnn_jax.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -90,4 +91,10 @@ def test_cli_trains_then_evaluates(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "step 6/6" in result.stdout and "Evaluated step 6" in result.stdout
   assert os.path.exists(tmp_path / "eval" / "grid.json")
-  assert os.path.exists(tmp_path / "train_summary.json")
+  with open(tmp_path / "train_summary.json") as f:
+    recorded = json.load(f)["xla_flags"]
+  # The measured CPU defaults for this jaxlib (if any) were set, after the caller's own flags.
+  expected = xla_flags.CPU_DEFAULTS.get(xla_flags._jaxlib_version(), {})
+  assert recorded.startswith(os.environ.get("XLA_FLAGS", "").strip()), recorded
+  for name, value in expected.items():
+    assert f"--{name}={value}" in recorded.split(), recorded
