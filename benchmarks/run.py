@@ -226,6 +226,15 @@ def bench_latency_share(cfg, batches):
                         "cells_timed": len(cells),
                         "cells_at_least_10pct_macs": int((macs / macs[-1, -1] >= 0.10).sum())}
   out["latency_share_over_mac_share_max"] = max(v["max_ratio"] for v in out.values())
+  # What a small cell is up against: one 3x3 conv on the first stage's map at batch 1, at the
+  # narrowest and the full width (MACs differ by num_groups^2).
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  cpg, g = models.channels_per_group(cfg.model)[0], cfg.model.num_groups
+  out["one_conv_batch1_ms"] = {
+      f"{c}_channels": 1e3 * timed(conv, jnp.ones((1, 32, 32, c), cfg.model.dtype),
+                                   jnp.ones((3, 3, c, c), cfg.model.dtype))
+      for c in (cpg, cpg * g)}
   return out
 
 
