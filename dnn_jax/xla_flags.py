@@ -6,7 +6,7 @@ as the feature map) and the activation transposes they need (benchmarks/profile_
 Routing convolutions back to XLA's Eigen runtime (YNNPACK keeps dots, elementwise ops and
 reductions) made the train step 1.2x faster at the CPU preset and 1.45-1.5x at the paper
 preset, and the all-exit grid evaluation cheaper (BENCHMARKS.md). At batch 1 the full
-network's latency was 16% higher, so only training and evaluation get the flag.
+network's latency was 10-16% higher, so only training and evaluation get the flag.
 
 XLA reads XLA_FLAGS once, when JAX first creates its backends, and aborts on a flag it does
 not know: the default is applied only before that, only on the jaxlib versions it was measured
