@@ -25,15 +25,6 @@ PATHS = {"paper": [(4, 4), (4, 11), (8, 11), (8, 16), (12, 16), (16, 22)],
          "cpu": [(2, 2), (2, 4), (4, 4), (4, 6), (7, 8)]}
 
 
-def _median(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--preset", choices=sorted(PATHS), default="paper")
@@ -67,7 +58,7 @@ def main():
     sub, sub_vars = subnetwork.extract(model, variables, d, c)
     fwd = jax.jit(sub.apply)
     jax.block_until_ready(fwd(sub_vars, images))
-    t_scratch = _median(lambda: fwd(sub_vars, images), args.repeats)
+    t_scratch = resources.median_seconds(fwd, (sub_vars, images), 0, args.repeats)
     mac_ratio = 1.0 if prev is None else float(
         (macs[d - 1, c - 1] - macs[prev[0] - 1, prev[1] - 1]) / macs[d - 1, c - 1])
     rows.append({"from": None if prev is None else subnetwork.subnet_id(*prev),

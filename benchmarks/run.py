@@ -36,14 +36,7 @@ ARGS = None
 
 def timed(fn, *args) -> float:
   """Median seconds of fn(*args) after warm-up (the first call also compiles)."""
-  for _ in range(ARGS.warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(ARGS.repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  return resources.median_seconds(fn, args, ARGS.warmup, ARGS.repeats)
 
 
 def side_by_side(fns: dict) -> dict:

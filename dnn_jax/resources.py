@@ -100,7 +100,8 @@ def analytic_grid(model: models.DNNet, image_shape, num_classes: int,
   }
 
 
-def _median_ms(fn, args, warmup: int, repeats: int) -> float:
+def median_seconds(fn, args=(), warmup: int = 2, repeats: int = 5) -> float:
+  """Median wall seconds of fn(*args) over `repeats` calls after `warmup` calls."""
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
   times = []
@@ -108,7 +109,7 @@ def _median_ms(fn, args, warmup: int, repeats: int) -> float:
     t = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t)
-  return float(np.median(times) * 1e3)
+  return float(np.median(times))
 
 
 def measured_grid(model: models.DNNet, variables: dict, image_shape, *, batch_size: int,
@@ -127,10 +128,10 @@ def measured_grid(model: models.DNNet, variables: dict, image_shape, *, batch_si
       compiled = fn.lower(sub_vars, x1).compile()
       out["peak_activation_bytes"][d - 1, c - 1] = compiled.memory_analysis().temp_size_in_bytes
       if latency:
-        out["latency_ms_batch1"][d - 1, c - 1] = _median_ms(compiled, (sub_vars, x1), warmup,
-                                                            repeats)
+        out["latency_ms_batch1"][d - 1, c - 1] = 1e3 * median_seconds(
+            compiled, (sub_vars, x1), warmup, repeats)
         xb = jnp.zeros((batch_size,) + tuple(image_shape), jnp.float32)
-        out["latency_ms_batch"][d - 1, c - 1] = _median_ms(
+        out["latency_ms_batch"][d - 1, c - 1] = 1e3 * median_seconds(
             fn.lower(sub_vars, xb).compile(), (sub_vars, xb), warmup, repeats)
     if progress:
       done = d * g
