@@ -73,6 +73,7 @@ def main():
             "repeats": args.repeats, "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind, "machine": platform.node(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": rows,
             "total_refine_ms": float(sum(r["refine_ms"] for r in rows)),
             "scratch_final_ms": rows[-1]["scratch_ms"]}
