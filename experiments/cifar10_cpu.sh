@@ -33,6 +33,10 @@ done
 # The recipe at full length (not used by the figures): in-place distillation from the full
 # exit, which hurt in the 3-epoch sweep while the teacher was still weak.
 train dnn_distill configs/cifar10_cpu.py --config.loss.distill_weight=0.5
+# Seed-to-seed spread of the DNNet (init, data order, augmentation; the split is fixed), to
+# size the differences above. Runs with the command line's default XLA flags (Eigen
+# convolutions), where the runs above had YNNPACK's: part of the spread it measures.
+train dnn_seed1 configs/cifar10_cpu.py --config.seed=1
 # The trained DNNet ships as a workdir (latest checkpoint + results): see the README.
 experiments/snapshot_runs.sh one "$runs/dnn" "$out/model"
 python -m dnn_jax.experiments grid --runs="$runs" --out="$out"
