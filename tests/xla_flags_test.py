@@ -52,7 +52,7 @@ def test_adds_nothing_when_off_or_unmeasured(fresh, monkeypatch, env, version):
   assert "XLA_FLAGS" not in env
 
 
-def test_adds_nothing_once_backends_exist(monkeypatch):
+def test_adds_nothing_once_backends_exist():
   import jax
   jax.devices()  # Creates the backends in this process.
   env = {}
