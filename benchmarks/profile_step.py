@@ -8,12 +8,11 @@ into: kernel-gradient convolutions (the window spans the feature map), the other
 convolutions (forward and input-gradient), transposes/copies, and everything else. Times are
 per step, summed over ops; ops that overlap on the CPU's threads count fully, so the total
 can exceed the step's wall time. Applies the command line's default XLA flags
-(DNN_JAX_XLA_DEFAULTS=0: without), as benchmarks/run.py does.
-
-The attribution is trustworthy where ops run synchronously, as YNNPACK's do. With the default
-flags (convolutions in XLA's Eigen runtime) it is not: the forward and input-gradient
-convolutions of the CPU preset read 11.5 ms per step, a fraction of what the same
-convolutions take timed alone, and the rest lands in "everything else".
+only with --xla_defaults: the attribution is trustworthy where ops run synchronously, as
+YNNPACK's do, and not with those flags (convolutions in XLA's Eigen runtime), where the
+forward and input-gradient convolutions read a fraction of what the same convolutions take
+timed alone and the rest lands in "everything else". CPU only: on other backends the trace's
+op names do not match the HLO's, and the script says so.
 """
 
 from __future__ import annotations
@@ -37,8 +36,11 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
   """Executed op (thunk) name -> kind, from the optimized HLO text."""
   calls, bodies, kinds, current = {}, collections.defaultdict(list), {}, None
   for line in hlo_text.splitlines():
-    if line.endswith("{") and line.startswith("%"):
-      current = line.split()[0][1:]
+    if line.endswith("{") and (line.startswith("%") or line.startswith("ENTRY ")):
+      current = line.removeprefix("ENTRY ").split()[0][1:]
+      continue
+    if line.startswith("}"):
+      current = None
       continue
     if current:
       bodies[current].append(line)
@@ -54,7 +56,7 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
       window = re.search(r"window=\{size=(\d+)x(\d+)", text)
       big = window and int(window.group(1)) > 3
       kinds[name] = "kernel-gradient convolutions" if big else "other convolutions"
-    elif "transpose" in name or opcode in ("transpose", "copy"):
+    elif "transpose" in name or "copy" in name or opcode in ("transpose", "copy"):
       kinds[name] = "transposes and copies"
     else:
       kinds[name] = "everything else"
@@ -67,8 +69,11 @@ def main():
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--out", default="")
+  ap.add_argument("--xla_defaults", action="store_true",
+                  help="apply the command line's default XLA flags (attribution unreliable)")
   args = ap.parse_args()
-  xla_flags.apply_defaults()
+  if args.xla_defaults:
+    xla_flags.apply_defaults()
   import jax
   sys.argv = [sys.argv[0]]  # run.py parses its own arguments; only its helpers are used.
   import run as bench
@@ -99,13 +104,17 @@ def main():
     if e.get("ph") == "X" and e.get("name") in kinds:
       per_kind[kinds[e["name"]]] += e.get("dur", 0) / 1e3 / args.steps
   total = sum(per_kind.values())
+  if not total:
+    sys.exit("no executed op in the trace matched the compiled program's op names "
+             f"(backend {jax.default_backend()}): this script reads CPU traces")
   record = {"preset": args.preset, "batch": args.batch, "steps": args.steps,
             "step_wall_ms_unprofiled": wall_ms, "ops_ms_per_step": dict(per_kind.most_common()),
             "ops_share": {k: v / total for k, v in per_kind.most_common()},
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": " ".join(["benchmarks/profile_step.py", f"--preset {args.preset}",
-                                 f"--batch {args.batch}", f"--steps {args.steps}"])}
+                                 f"--batch {args.batch}", f"--steps {args.steps}"]
+                                + (["--xla_defaults"] if args.xla_defaults else []))}
   print(f"{args.preset}, batch {args.batch}: {wall_ms:.1f} ms per step (unprofiled); "
         f"XLA_FLAGS={record['xla_flags']!r}")
   for kind, ms in per_kind.most_common():

@@ -347,7 +347,9 @@ def main():
             "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
             "machine": platform.node(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": " ".join(sys.argv), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "command": ("DNN_JAX_XLA_DEFAULTS=0 " if os.environ.get("DNN_JAX_XLA_DEFAULTS") == "0"
+                        else "") + " ".join(sys.argv),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "complete": False}
   forms = (ARGS.forms.split(",") if ARGS.forms else
            ["masked", "blocks:2", "blocks:4"] + ([] if quick else

@@ -2,15 +2,17 @@
 
 JAX 0.10's CPU backend runs convolutions through YNNPACK. On this project's 2-core CPU its
 train step spends over half its op time in kernel-gradient convolutions (a window as large
-as the feature map) and the activation transposes they need (benchmarks/profile_step.py).
-Routing convolutions back to XLA's Eigen runtime (YNNPACK keeps dots, elementwise ops and
-reductions) made the train step 1.2x faster at the CPU preset and 1.45-1.5x at the paper
-preset, and the all-exit grid evaluation cheaper (BENCHMARKS.md). At batch 1 the full
-network's latency was 10-16% higher, so only training and evaluation get the flag.
+as the feature map) and activation transposes (benchmarks/profile_step.py). Routing
+convolutions back to XLA's Eigen runtime (YNNPACK keeps dots, elementwise ops and
+reductions) made the train step 1.2-1.3x faster at the CPU preset and 1.45-1.5x at the paper
+preset, and the all-exit grid evaluation cheaper (BENCHMARKS.md). Batch-1 latency showed no
+gain (10-16% slower in two comparisons, within the run-to-run spread in a third), so only
+training and evaluation get the flag.
 
 XLA reads XLA_FLAGS once, when JAX first creates its backends, and aborts on a flag it does
 not know: the default is applied only before that, only on the jaxlib versions it was measured
-on, and never over a user's own setting of the same flag.
+on, only where no accelerator is in use, and never over a user's own setting of the same flag
+or a flag file.
 """
 
 from __future__ import annotations
@@ -34,26 +36,46 @@ def _jaxlib_version() -> tuple[int, int] | None:
 
 
 def _backends_initialized() -> bool:
-  from jax._src import xla_bridge  # Not public; without it, assume too late (apply nothing).
+  try:
+    from jax._src import xla_bridge  # Not public; without it, assume too late (apply nothing).
+  except ImportError:
+    return True
   return getattr(xla_bridge, "backends_are_initialized", lambda: True)()
+
+
+ACCELERATOR_DISTRIBUTIONS = ("libtpu", "jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm")
+
+
+def _accelerator_possible(environ) -> bool:
+  """Whether JAX may run on an accelerator: JAX_PLATFORMS names one, or a plugin is installed
+  (libtpu parses XLA_FLAGS itself, with its own XLA version)."""
+  platforms = [p.strip() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+  if platforms:
+    return any(p != "cpu" for p in platforms)
+  names = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
+  return any(n.lower().startswith(ACCELERATOR_DISTRIBUTIONS) for n in names)
 
 
 def apply_defaults(environ=None, *, version: tuple[int, int] | None = None) -> list[str]:
   """Adds this jaxlib's measured default flags to XLA_FLAGS; returns the flags added.
 
   Adds nothing when JAX's backends already exist (the flags could no longer take effect),
-  for a jaxlib the defaults were not measured on, or for a flag XLA_FLAGS already names.
+  for a jaxlib the defaults were not measured on, when JAX_PLATFORMS names an accelerator or
+  an accelerator plugin is installed, for a flag XLA_FLAGS already names, or when XLA_FLAGS
+  is a flag file.
   Set DNN_JAX_XLA_DEFAULTS=0 to turn the defaults off.
   """
   environ = os.environ if environ is None else environ
   if environ.get("DNN_JAX_XLA_DEFAULTS", "1") == "0":
     return []
   defaults = CPU_DEFAULTS.get(version or _jaxlib_version(), {})
-  if not defaults or _backends_initialized():
+  if not defaults or _accelerator_possible(environ) or _backends_initialized():
     return []
   current = environ.get("XLA_FLAGS", "")
+  if current.strip() and not current.strip().startswith("-"):
+    return []  # XLA reads a value not starting with '-' as a file of flags: leave it alone.
   added = [f"--{name}={value}" for name, value in defaults.items()
            if not re.search(rf"--{name}(=|\s|$)", current)]
   if added:
-    environ["XLA_FLAGS"] = " ".join([*current.split(), *added])
+    environ["XLA_FLAGS"] = " ".join(([current.rstrip()] if current.strip() else []) + added)
   return added

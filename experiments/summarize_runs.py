@@ -41,6 +41,9 @@ def main(runs: str, out: str) -> None:
                  # Resumed runs: wall time of the last leg only; images/s over all logged steps.
                  "wall_seconds_last_leg": summary["wall_seconds"],
                  "resumed_from_step": summary["resumed_from_step"],
+                 # XLA_FLAGS of the last leg ("" = JAX's defaults; absent: recorded before
+                 # train summaries had the field).
+                 "xla_flags": summary.get("xla_flags"),
                  "median_images_per_s": (float(np.median(images_per_s)) if images_per_s
                                          else float("nan")),
                  "split": grid["split"], "num_examples": grid["num_examples"]})

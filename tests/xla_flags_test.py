@@ -16,8 +16,10 @@ MEASURED = (0, 10)
 
 @pytest.fixture
 def fresh(monkeypatch):
-  """As if JAX had not created its backends yet."""
+  """As if JAX had not created its backends yet (and no accelerator plugin were installed)."""
   monkeypatch.setattr(xla_flags, "_backends_initialized", lambda: False)
+  monkeypatch.setattr(xla_flags, "_accelerator_possible",
+                      lambda env: env.get("JAX_PLATFORMS", "cpu") != "cpu")
 
 
 def test_adds_the_measured_flag_after_existing_ones(fresh):
@@ -34,6 +36,27 @@ def test_never_overrides_the_users_setting(fresh, own):
   env = {"XLA_FLAGS": own}
   assert xla_flags.apply_defaults(env, version=MEASURED) == []
   assert env["XLA_FLAGS"] == own
+
+
+def test_leaves_a_flag_file_and_the_users_spacing_alone(fresh):
+  env = {"XLA_FLAGS": "/etc/xla_flags.txt"}  # XLA reads a value not starting with '-' as a file.
+  assert xla_flags.apply_defaults(env, version=MEASURED) == []
+  assert env["XLA_FLAGS"] == "/etc/xla_flags.txt"
+  env = {"XLA_FLAGS": "--a=1  --b='x  y' "}
+  added = xla_flags.apply_defaults(env, version=MEASURED)
+  assert env["XLA_FLAGS"] == "--a=1  --b='x  y' " .rstrip() + " " + added[0]
+
+
+def test_not_where_an_accelerator_may_run(fresh):
+  env = {"JAX_PLATFORMS": "cuda,cpu"}
+  assert xla_flags.apply_defaults(env, version=MEASURED) == [] and "XLA_FLAGS" not in env
+  env = {"JAX_PLATFORMS": "cpu"}
+  assert xla_flags.apply_defaults(env, version=MEASURED)
+
+
+def test_accelerator_detection_reads_jax_platforms():
+  assert xla_flags._accelerator_possible({"JAX_PLATFORMS": "tpu"})
+  assert not xla_flags._accelerator_possible({"JAX_PLATFORMS": "cpu"})
 
 
 def test_a_longer_flag_name_is_not_the_users_setting(fresh):
@@ -60,30 +83,40 @@ def test_adds_nothing_once_backends_exist():
   assert env == {}
 
 
-def test_this_jaxlib_accepts_its_defaults_and_gradients_match(tmp_path):
-  # XLA aborts on an unknown flag: check the installed jaxlib takes its defaults, and that a
-  # convolution's gradients under them equal the default backend's.
+def test_this_jaxlib_accepts_its_defaults_which_change_the_program(tmp_path):
+  # XLA aborts on an unknown flag: check the installed jaxlib takes its defaults, that they
+  # change the compiled CPU program, and that a convolution's gradients stay the same.
   code = """
-import os, sys, numpy as np
+import sys, numpy as np
 from dnn_jax import xla_flags
 added = xla_flags.apply_defaults()
 import jax, jax.numpy as jnp
-x = jax.random.normal(jax.random.key(0), (4, 8, 8, 6))
-w = jax.random.normal(jax.random.key(1), (3, 3, 6, 10))
-conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-    dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
-np.save(sys.argv[1], np.concatenate([g.ravel() for g in jax.grad(conv, (0, 1))(x, w)]))
+x = jax.random.normal(jax.random.key(0), (64, 32, 32, 16))  # Big enough for YNNPACK.
+w = jax.random.normal(jax.random.key(1), (3, 3, 16, 16))
+t = jax.random.normal(jax.random.key(2), (64, 32, 32, 16))
+conv = lambda x, w, t: (t * jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"))).sum()
+grad = jax.jit(jax.grad(conv, (0, 1)))
+np.save(sys.argv[1], np.concatenate([g.ravel() for g in grad(x, w, t)]))
+with open(sys.argv[2], "w") as f:
+  f.write(grad.lower(x, w, t).compile().as_text())
 print(" ".join(added))
 """
   out = {}
   for name, defaults in (("defaults", "1"), ("plain", "0")):
-    path = str(tmp_path / f"{name}.npy")
-    env = dict(os.environ, DNN_JAX_XLA_DEFAULTS=defaults, XLA_FLAGS="")
-    result = subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, env=env, text=True,
-                            capture_output=True, timeout=120)
+    npy, hlo = str(tmp_path / f"{name}.npy"), tmp_path / f"{name}.hlo"
+    env = dict(os.environ, DNN_JAX_XLA_DEFAULTS=defaults, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code, npy, str(hlo)], cwd=ROOT, env=env,
+                            text=True, capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    out[name] = (result.stdout.strip(), np.load(path))
+    out[name] = (result.stdout.strip(), np.load(npy), hlo.read_text())
   expected = xla_flags.CPU_DEFAULTS.get(xla_flags._jaxlib_version(), {})
   assert out["defaults"][0].split() == [f"--{k}={v}" for k, v in expected.items()]
   assert out["plain"][0] == ""
-  np.testing.assert_allclose(out["defaults"][1], out["plain"][1], rtol=1e-5, atol=1e-5)
+  if expected:
+    assert out["defaults"][2] != out["plain"][2]  # The flag took effect.
+  # Gradients with respect to the input, then the kernel (sums over 65,536 products): equal
+  # up to float32 summation order, relative to each gradient's largest entry.
+  for part in (slice(0, 64 * 32 * 32 * 16), slice(64 * 32 * 32 * 16, None)):
+    a, b = out["defaults"][1][part], out["plain"][1][part]
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
