@@ -110,7 +110,7 @@ def main():
   record = {"preset": args.preset, "batch": args.batch, "steps": args.steps,
             "step_wall_ms_unprofiled": wall_ms, "ops_ms_per_step": dict(per_kind.most_common()),
             "ops_share": {k: v / total for k, v in per_kind.most_common()},
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
+            "xla_flags": xla_flags.current(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": " ".join(["benchmarks/profile_step.py", f"--preset {args.preset}",
                                  f"--batch {args.batch}", f"--steps {args.steps}"]

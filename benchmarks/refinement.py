@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnn_jax import config_base, files, models, refine, resources, subnetwork  # noqa: E402
+from dnn_jax import config_base, files, models, refine, resources, subnetwork, xla_flags  # noqa: E402
 
 PATHS = {"paper": [(4, 4), (4, 11), (8, 11), (8, 16), (12, 16), (16, 22)],
          "cpu": [(2, 2), (2, 4), (4, 4), (4, 6), (7, 8)]}
@@ -73,7 +73,7 @@ def main():
             "repeats": args.repeats, "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind, "machine": platform.node(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "xla_flags": xla_flags.current(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": rows,
             "total_refine_ms": float(sum(r["refine_ms"] for r in rows)),
             "scratch_final_ms": rows[-1]["scratch_ms"]}

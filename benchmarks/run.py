@@ -349,7 +349,7 @@ def main():
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": ("DNN_JAX_XLA_DEFAULTS=0 " if os.environ.get("DNN_JAX_XLA_DEFAULTS") == "0"
                         else "") + " ".join(sys.argv),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "xla_flags": xla_flags.current(),
             "complete": False}
   forms = (ARGS.forms.split(",") if ARGS.forms else
            ["masked", "blocks:2", "blocks:4"] + ([] if quick else

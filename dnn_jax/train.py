@@ -24,6 +24,7 @@ from dnn_jax import files
 from dnn_jax import config_validation
 from dnn_jax import input_pipeline
 from dnn_jax import models
+from dnn_jax import xla_flags
 from dnn_jax.errors import DataError, RunError, TrainingInterrupted, UserError
 from dnn_jax.metric_writers import MetricWriter
 
@@ -424,7 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "resumed_from_step": start_step, "params_sha256": params_sha256(state.params),
              "num_params": n_params, "devices": jax.device_count(),
              "processes": jax.process_count(), "backend": jax.default_backend(),
-             "xla_flags": os.environ.get("XLA_FLAGS", "")}
+             "xla_flags": xla_flags.current()}
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "train_summary.json"), summary)
   log(f"Training done: step {summary['final_step']} in {_duration(wall)}; "

@@ -46,14 +46,23 @@ def _backends_initialized() -> bool:
 ACCELERATOR_DISTRIBUTIONS = ("libtpu", "jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm")
 
 
+def _accelerator_plugin_installed() -> bool:
+  names = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
+  return any(n.lower().startswith(ACCELERATOR_DISTRIBUTIONS) for n in names)
+
+
 def _accelerator_possible(environ) -> bool:
   """Whether JAX may run on an accelerator: JAX_PLATFORMS names one, or a plugin is installed
   (libtpu parses XLA_FLAGS itself, with its own XLA version)."""
   platforms = [p.strip() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
   if platforms:
     return any(p != "cpu" for p in platforms)
-  names = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
-  return any(n.lower().startswith(ACCELERATOR_DISTRIBUTIONS) for n in names)
+  return _accelerator_plugin_installed()
+
+
+def current() -> str:
+  """XLA_FLAGS as this process runs with them ("" = XLA's defaults), for run records."""
+  return os.environ.get("XLA_FLAGS", "")
 
 
 def apply_defaults(environ=None, *, version: tuple[int, int] | None = None) -> list[str]:

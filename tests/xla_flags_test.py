@@ -18,8 +18,7 @@ MEASURED = (0, 10)
 def fresh(monkeypatch):
   """As if JAX had not created its backends yet (and no accelerator plugin were installed)."""
   monkeypatch.setattr(xla_flags, "_backends_initialized", lambda: False)
-  monkeypatch.setattr(xla_flags, "_accelerator_possible",
-                      lambda env: env.get("JAX_PLATFORMS", "cpu") != "cpu")
+  monkeypatch.setattr(xla_flags, "_accelerator_plugin_installed", lambda: False)
 
 
 def test_adds_the_measured_flag_after_existing_ones(fresh):
