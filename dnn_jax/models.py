@@ -52,6 +52,17 @@ def masked_he_normal(mask: np.ndarray):
   return init
 
 
+def _masked(kernel: jax.Array, mask: np.ndarray) -> jax.Array:
+  """kernel * mask; on CPU behind an optimization barrier, which the gradient inherits.
+
+  Without the barrier, XLA:CPU fuses the kernel-gradient convolution with the mask multiply
+  that follows it, and such a fusion goes to YNNPACK whatever `xla_flags` asks for: its
+  kernel gradients cost 3x Eigen's (BENCHMARKS.md). The barrier changes no value.
+  """
+  masked = kernel * jnp.asarray(mask, kernel.dtype)
+  return jax.lax.optimization_barrier(masked) if jax.default_backend() == "cpu" else masked
+
+
 class CausalConv(nn.Module):
   """Conv whose output group i reads only input groups 1..i (no bias: BN follows)."""
   features: int
@@ -79,8 +90,7 @@ class CausalConv(nn.Module):
     if self.form == "masked":
       # Multiplying by the mask in the forward pass also zeroes the masked taps' gradients,
       # so they stay exactly zero (weight decay keeps zero at zero).
-      return conv(x_BxHxWxC, kernel * jnp.asarray(mask, kernel.dtype) if self.apply_mask
-                  else kernel)
+      return conv(x_BxHxWxC, _masked(kernel, mask) if self.apply_mask else kernel)
     # blocks:S -- output groups in S consecutive blocks; block j reads only the input groups
     # up to its last group, skipping the zero blocks above the diagonal that "masked" computes.
     g = self.num_groups
@@ -93,7 +103,7 @@ class CausalConv(nn.Module):
       c_in, o0, o1 = g1 * cpg_in, g0 * cpg_out, g1 * cpg_out
       w = kernel[:, :, :c_in, o0:o1]
       if self.apply_mask:
-        w = w * jnp.asarray(mask[:c_in, o0:o1], w.dtype)
+        w = _masked(w, mask[:c_in, o0:o1])
       outs.append(conv(x_BxHxWxC[..., :c_in], w))
     return jnp.concatenate(outs, axis=-1)
 

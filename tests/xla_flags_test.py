@@ -119,3 +119,38 @@ print(" ".join(added))
   for part in (slice(0, 64 * 32 * 32 * 16), slice(64 * 32 * 32 * 16, None)):
     a, b = out["defaults"][1][part], out["plain"][1][part]
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+
+def test_masked_kernel_gradients_stay_out_of_ynnpack(tmp_path):
+  # XLA:CPU fuses a kernel-gradient convolution with the mask multiply after it, and such a
+  # fusion goes to YNNPACK whatever the flag says (3x slower there). CausalConv's masking
+  # (models._masked) keeps them apart; a plain multiply shows the check can see the fusion.
+  code = r"""
+import re, sys
+from dnn_jax import xla_flags
+xla_flags.apply_defaults()
+import jax, jax.numpy as jnp, numpy as np
+from dnn_jax import models
+x = jax.random.normal(jax.random.key(0), (8, 32, 32, 22))  # The paper's first stage.
+t = jax.random.normal(jax.random.key(1), (8, 32, 32, 22))
+mask = models.group_mask(22, 22, 22)
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def ynn_convolutions(masking):  # Convolutions XLA hands to YNNPACK in the kernel gradient.
+  loss = lambda w, x, t: (t * conv(x, masking(w))).sum()
+  text = jax.jit(jax.grad(loss)).lower(jnp.ones((3, 3, 22, 22)), x, t).compile().as_text()
+  ynn = set(re.findall(r"calls=(%[\w.]+)[^\n]*__ynn_fusion", text))
+  return sum(c.count(" convolution(") for c in re.split(r"\n(?=\S)", text)
+             if c.split(" ", 1)[0] in ynn)
+print(ynn_convolutions(lambda w: models._masked(w, mask)),
+      ynn_convolutions(lambda w: w * jnp.asarray(mask, w.dtype)))
+"""
+  env = dict(os.environ, DNN_JAX_XLA_DEFAULTS="1", XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  if not xla_flags.CPU_DEFAULTS.get(xla_flags._jaxlib_version()):
+    pytest.skip("no default XLA flags for this jaxlib: every convolution may go to YNNPACK")
+  with_barrier, plain = map(int, result.stdout.split())
+  assert with_barrier == 0
+  assert plain >= 1
