@@ -280,11 +280,18 @@ def bench_input_wait(cfg, n, steps):
 
 
 def bench_resnet_reference(n):
+  """The DNNet paper preset vs a ResNet-32 of the same MACs, and vs the dense network its
+  masked form executes (its channels, causal=False, one group, the final exit only): the
+  ratio splits into the price of masks and exits and the price of dense FLOPs."""
   images, labels = batch(n)
   out, fns = {}, {}
+  paper = model_config("paper", conv_form=ARGS.reference_form)
+  dense = model_config("paper", num_groups=1, causal=False,
+                       channels_per_group=tuple(paper.model.num_groups * c
+                                                for c in paper.model.channels_per_group))
   for name, cfg in (("resnet32", model_config("resnet32", blocks_per_stage=(5, 5, 5))),
-                    ("dnnet_paper", model_config("paper", conv_form=ARGS.reference_form))):
-    cfg.loss.lambda_scheme = "final" if name == "resnet32" else "uniform"
+                    ("dnnet_paper", paper), ("dense_same_channels", dense)):
+    cfg.loss.lambda_scheme = "uniform" if name == "dnnet_paper" else "final"
     step, state = make_train_step(cfg, n)
     fns[name] = lambda step=step, state=state: step(state, images, labels)[1]
     out[f"{name}_macs"] = int(mac_grid(cfg.model, "macs_conv")[-1, -1])
@@ -292,6 +299,10 @@ def bench_resnet_reference(n):
     out[f"{name}_train_step_ms"] = 1e3 * seconds
   out["dnnet_conv_form"] = ARGS.reference_form
   out["dnnet_over_resnet32"] = out["dnnet_paper_train_step_ms"] / out["resnet32_train_step_ms"]
+  out["dnnet_over_dense_same_channels"] = (out["dnnet_paper_train_step_ms"]
+                                           / out["dense_same_channels_train_step_ms"])
+  out["dense_same_channels_over_resnet32"] = (out["dense_same_channels_train_step_ms"]
+                                              / out["resnet32_train_step_ms"])
   return out
 
 

@@ -243,14 +243,14 @@ class DNNet(nn.Module):
 
 
 # The causal conv form per backend, from benchmarks/run.py's conv_forms section (BENCHMARKS.md;
-# interleaved timing). Masked won every forward pass and every train step measured but one --
-# CPU (2 cores, XLA's Eigen convolutions): CPU preset batch 64, 149 ms vs 170 (blocks:2) vs 268
-# (blocks:4); paper preset batch 32, 383 vs 347 vs 448 (blocks:2 wins training by 9%, loses
-# the forward 59 vs 100 ms). H100: paper preset fp32 batch 128, 7.7 ms vs 11.4 vs 16.1; bf16
-# batch 1024, 26.5 vs 43.4 (blocks:2). The blocks forms skip the zero blocks but run several
-# narrower convolutions, slices and a concatenation. TPU: not measured; masked keeps one dense
-# matmul-shaped conv, the MXU's best case. A form picked by timing at start-up would tie a
-# run's numerics to the machine's load, so the choice is fixed per backend.
+# interleaved timing). Masked won every forward pass and every train step measured since
+# kernels are masked behind an optimization barrier on CPU (`_masked`) -- CPU (2 cores, XLA's
+# Eigen convolutions): CPU preset batch 64, 135 ms vs 165 (blocks:2) vs 255 (blocks:4); paper
+# preset batch 32, 260 vs 308 vs 401. H100: paper preset fp32 batch 128, 7.7 ms vs 11.4 vs
+# 16.1; bf16 batch 1024, 26.5 vs 43.4 (blocks:2). The blocks forms skip the zero blocks but run
+# several narrower convolutions, slices and a concatenation. TPU: not measured; masked keeps
+# one dense matmul-shaped conv, the MXU's best case. A form picked by timing at start-up would
+# tie a run's numerics to the machine's load, so the choice is fixed per backend.
 CONV_FORM_BY_BACKEND = {"cpu": "masked", "gpu": "masked", "tpu": "masked"}
 
 

@@ -4,8 +4,9 @@ JAX 0.10's CPU backend runs convolutions through YNNPACK. On this project's 2-co
 train step spends over half its op time in kernel-gradient convolutions (a window as large
 as the feature map) and activation transposes (benchmarks/profile_step.py). Routing
 convolutions back to XLA's Eigen runtime (YNNPACK keeps dots, elementwise ops and
-reductions) made the train step 1.2-1.3x faster at the CPU preset and 1.45-1.5x at the paper
-preset, and the all-exit grid evaluation cheaper (BENCHMARKS.md). Batch-1 latency showed no
+reductions) made the train step 1.2x faster at the CPU preset and 2.0x at the paper preset
+(with `models._masked`, which keeps the masked kernel gradients out of YNNPACK fusions), and
+the all-exit grid evaluation cheaper (BENCHMARKS.md). Batch-1 latency showed no
 gain (10-16% slower in two comparisons, within the run-to-run spread in a third), so only
 training and evaluation get the flag.
 
