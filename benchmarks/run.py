@@ -196,10 +196,20 @@ def bench_conv_forms(cfg, n, forms):
           "dtype": cfg.model.dtype, "batch": n}
 
 
+def activation_grid(model) -> np.ndarray:
+  """Conv output elements per image (depths x widths): what each cell writes and reads back,
+  the traffic of a memory-bound forward pass (BN, ReLU and residual adds touch the same maps)."""
+  acts = np.zeros((model.num_exits, model.num_groups))
+  for layer in resources.conv_layers(model, (32, 32, 3)):
+    acts[layer.depth - 1] += layer.out_hw * layer.out_channels_by_width
+  return np.cumsum(acts, axis=0)
+
+
 def bench_latency_share(cfg, batches):
   model = models.create_model(cfg.model, 10)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   macs = mac_grid(cfg.model)
+  acts = activation_grid(model)
   out = {}
   cells = sampled_cells(macs, min_share=0.10)
   for b in batches:
@@ -212,9 +222,16 @@ def bench_latency_share(cfg, batches):
     share = {dc: (t / full) / (macs[dc[0] - 1, dc[1] - 1] / macs[-1, -1])
              for dc, t in lat.items()}
     worst = max(share, key=share.get)
+    # The same latency shares over each cell's share of the activation traffic instead.
+    by_acts = {dc: (t / full) / (acts[dc[0] - 1, dc[1] - 1] / acts[-1, -1])
+               for dc, t in lat.items()}
     out[f"batch{b}"] = {"max_ratio": float(share[worst]),
                         "median_ratio": float(np.median(list(share.values()))),
                         "worst_cell": f"D{worst[0]}W{worst[1]}",
+                        "latency_over_activation_share_max": float(max(by_acts.values())),
+                        "latency_over_activation_share_min": float(min(by_acts.values())),
+                        "latency_over_activation_share_median": float(
+                            np.median(list(by_acts.values()))),
                         "full_network_ms": 1e3 * full,
                         "cells_timed": len(cells),
                         "cells_at_least_10pct_macs": int((macs / macs[-1, -1] >= 0.10).sum())}
