@@ -58,6 +58,19 @@ def test_masked_taps_start_at_zero_with_visible_fan_in_scale():
                              rtol=0.1)
 
 
+def test_kernel_masking_behind_its_barrier_is_a_plain_multiply_in_every_mode():
+  kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 6))
+  mask = models.group_mask(4, 6, 2)
+  plain = lambda k: k * jnp.asarray(mask, k.dtype)
+  barrier = lambda k: models._masked(k, mask)
+  np.testing.assert_array_equal(barrier(kernel), plain(kernel))
+  loss = lambda f: lambda k: jnp.sum(jnp.sin(f(k)))
+  np.testing.assert_array_equal(jax.grad(loss(barrier))(kernel), jax.grad(loss(plain))(kernel))
+  tangent = jax.random.normal(jax.random.key(1), kernel.shape)  # forward mode, e.g. jacfwd
+  np.testing.assert_array_equal(jax.jvp(loss(barrier), (kernel,), (tangent,))[1],
+                                jax.jvp(loss(plain), (kernel,), (tangent,))[1])
+
+
 @pytest.mark.parametrize("c", [1, 2, 3])
 def test_causal_conv_ignores_later_input_groups(c):
   conv = models.CausalConv(features=12, kernel_size=3, strides=2, num_groups=4)
