@@ -85,7 +85,7 @@ def run(config, workdir: str) -> dict:
       raise UserError("config.export: set subnet (e.g. D14W12) or depth and width")
   saved = checkpointing.load_saved(workdir)
   image_shape = saved.input_shape(config.data)
-  setup, variables, step, saved, class_names = evaluate.load_checkpoint(
+  setup, variables, step, _, class_names = evaluate.load_checkpoint(
       config, workdir, image_shape[-1], saved=saved)
   model = setup.model
   if not (1 <= depth <= model.num_exits and 1 <= width <= model.num_groups):
