@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
+
+from dnn_jax import files
 
 
 def grid_heatmap(values_LxG, path: str, title: str, *, fmt: str = "{:.1f}",
@@ -44,8 +46,8 @@ def figure(**kwargs):
 
 
 def save(fig, path: str, dpi: int = 120) -> None:
-  """Writes `fig` as PNG atomically (temp file + rename)."""
+  """Writes `fig` as PNG atomically: rendered in memory, then `files.write_atomic`."""
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=dpi)
-  os.replace(tmp, path)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=dpi)
+  files.write_atomic(path, png.getvalue())
