@@ -8,7 +8,8 @@ reductions) made the train step 1.2x faster at the CPU preset and 2.0x at the pa
 (with `models._masked`, which keeps the masked kernel gradients out of YNNPACK fusions), and
 the all-exit grid evaluation cheaper (BENCHMARKS.md). Batch-1 latency showed no
 gain (10-16% slower in two comparisons, within the run-to-run spread in a third), so only
-training and evaluation get the flag.
+training and evaluation get the flag. `benchmarks/cpu_conv_paths.py` times the network's
+convolutions under each conv path XLA:CPU offers; rerun it before adding a jaxlib version.
 
 XLA reads XLA_FLAGS once, when JAX first creates its backends, and aborts on a flag it does
 not know: the default is applied only before that, only on the jaxlib versions it was measured
