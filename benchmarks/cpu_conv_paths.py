@@ -28,6 +28,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+
 EIGEN = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce"
 PATHS = {  # name -> XLA_FLAGS (DNN_JAX_XLA_DEFAULTS=0 in every child: nothing is added)
     "ynnpack": "",  # JAX 0.10's default: YNNPACK takes convolutions.
@@ -51,22 +56,16 @@ def convolution_placement(hlo_text: str) -> dict:
 
 
 def child(args) -> dict:
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
-  from dnn_jax import config_base, models
-
-  cfg = config_base.base_config()
-  if args.preset == "cpu":
-    cfg.model.num_groups, cfg.model.channels_per_group = 8, (2, 4, 8)
-    cfg.model.blocks_per_stage = (2, 2, 2)
-  elif args.preset == "resnet32":  # As benchmarks/run.py's goal-7 reference.
-    cfg.model.num_groups, cfg.model.channels_per_group = 1, (16, 32, 64)
-    cfg.model.causal, cfg.model.shortcut = False, "pad"
-  model = models.create_model(cfg.model, 10)
+  sys.argv = [sys.argv[0]]  # run.py parses its own arguments; only its helpers are used.
+  import run as bench
+  from dnn_jax import models
+  bench.ARGS = argparse.Namespace(dtype="float32", warmup=args.warmup, repeats=args.repeats,
+                                  cells=0)
+  model = models.create_model(bench.model_config(args.preset).model, 10)
 
   convs = {}  # (input shape, module fields) -> count in the network
 
@@ -81,19 +80,8 @@ def child(args) -> dict:
   with nn.intercept_methods(record):
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))
 
-  def median_ms(fn, *a, n=args.repeats):
-    for _ in range(args.warmup):
-      jax.block_until_ready(fn(*a))
-    ts = []
-    for _ in range(n):
-      t = time.perf_counter()
-      jax.block_until_ready(fn(*a))
-      ts.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(ts))
-
   key = jax.random.key(0)
-  a = jax.random.normal(key, (2048, 2048))
-  matmul_gflops = 2 * 2048 ** 3 / median_ms(jax.jit(jnp.dot), a, a) / 1e6
+  matmul_gflops = bench.matmul_flop_rate()[1] / 1e9
   rows, placement = [], {}
   for (shape, features, k, strides, groups, grouped_input, causal, form), count in convs.items():
     conv = models.CausalConv(features, k, strides, groups, grouped_input, causal, form=form)
@@ -118,7 +106,7 @@ def child(args) -> dict:
       for name, n in convolution_placement(fn.lower(*fargs).compile().as_text()).items():
         placement[name] = placement.get(name, 0) + n
     flops = 2 * args.batch * y.shape[1] * y.shape[2] * k * k * shape[-1] * features
-    ms = {op: median_ms(fn, *fargs) for op, (fn, fargs) in programs.items()}
+    ms = {op: 1e3 * bench.timed(fn, *fargs) for op, (fn, fargs) in programs.items()}
     rows.append({"input": list(shape), "features": features, "kernel": k, "strides": strides,
                  "count": count, "gflop": round(flops / 1e9, 4),
                  **{f"{op}_ms": round(v, 3) for op, v in ms.items()},
@@ -153,7 +141,6 @@ def main():
   unknown = sorted(set(names) - set(PATHS))
   if unknown:
     ap.error(f"--paths: unknown {unknown}; choose from {', '.join(PATHS)}")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from dnn_jax import files
   t0 = time.time()
   record = {"preset": args.preset, "batch": args.batch, "machine": platform.node(),
@@ -176,7 +163,6 @@ def main():
       print(f"round {r + 1} {name}: convs {step['conv_ms']} ms per train step, "
             f"{step['fraction_of_matmul']} of the matmul's {result['matmul_gflops']} GFLOP/s; "
             f"convolutions {result['convolution_placement']}", flush=True)
-  import numpy as np
   record["summary"] = {
       n: {"conv_ms_per_train_step": float(np.median(
               [x["per_train_step"]["conv_ms"] for x in p["rounds"]])),

@@ -248,12 +248,16 @@ def bench_latency_share(cfg, batches):
   return out
 
 
-def bench_hardware(cfg, n):
-  # The reference: a square matmul in the model's dtype, big enough to saturate the backend.
+def matmul_flop_rate() -> tuple[int, float]:
+  """(size, FLOP/s) of a square matmul in the model's dtype, big enough to saturate the
+  backend: the hardware reference."""
   size = 2048 if jax.default_backend() == "cpu" else 8192
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(ARGS.dtype))
-  matmul = jax.jit(lambda x: x @ x)
-  matmul_flops = 2 * size ** 3 / timed(matmul, a)
+  return size, 2 * size ** 3 / timed(jax.jit(lambda x: x @ x), a)
+
+
+def bench_hardware(cfg, n):
+  size, matmul_flops = matmul_flop_rate()
   images, labels = batch(n)
   step, state = make_train_step(cfg, n)
   t = timed(lambda: step(state, images, labels)[1])
