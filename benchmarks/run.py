@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnn_jax import config_base, files, input_pipeline, models, resources, subnetwork, train, xla_flags  # noqa
+from dnn_jax import config_base, files, input_pipeline, losses, models, optimizer, resources, state as state_lib, subnetwork, train, xla_flags  # noqa
 
 ARGS = None
 
@@ -115,9 +115,9 @@ def _make_train_step(cfg, only_final: bool):
   model = models.create_model(cfg.model, 10, input_mean=cfg.data.mean, input_std=cfg.data.std)
   if only_final:
     model = model.clone(only_last_exit=True)
-  tx = train.create_optimizer(cfg.train, optax.constant_schedule(0.1))
-  state = train.init_state(model, tx, jax.random.key(0), (32, 32, 3))
-  lam = train.lambda_grid(cfg.loss, *models.grid_shape(cfg.model))
+  tx = optimizer.create_optimizer(cfg.train, optax.constant_schedule(0.1))
+  state = state_lib.init_state(model, tx, jax.random.key(0), (32, 32, 3))
+  lam = losses.lambda_grid(cfg.loss, *models.grid_shape(cfg.model))
   if not only_final:
     step = functools.partial(train.train_step, lam_LxG=lam, seed=0, data_config=cfg.data,
                              loss_config=cfg.loss)
@@ -148,7 +148,7 @@ def bench_grid_eval(cfg, n):
   model = models.create_model(cfg.model, 10)
   variables = model.init(jax.random.key(0), images[:1])
   mask = jnp.ones((n,), bool)
-  grid_step = jax.jit(functools.partial(train.eval_step, model))
+  grid_step = jax.jit(functools.partial(state_lib.eval_step, model))
   sub, sub_vars = subnetwork.extract(model, variables, model.num_exits, model.num_groups)
   plain = jax.jit(lambda v, x: sub.apply(v, x))
   # Where the difference goes: the fused network's logits of every exit, and the same network
@@ -282,7 +282,7 @@ def bench_hardware(cfg, n):
 def bench_input_wait(cfg, n, steps):
   split = input_pipeline.Split(np.asarray(batch(4 * n)[0]), np.asarray(batch(4 * n)[1]))
   step, state = make_train_step(cfg, n)
-  sharding = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec("data"))
+  sharding = jax.sharding.NamedSharding(state_lib.make_mesh(), jax.sharding.PartitionSpec("data"))
   batches = input_pipeline.TrainBatches(split, n, 0, sharding)
   images, labels = batches.batch(0)
   jax.block_until_ready(step(state, images, labels))

@@ -8,16 +8,10 @@ are not the paper's CIFAR-10: numbers here are not comparable with the paper's.
 Model: 8 groups, 2/4/8 channels per group (16/32/64 channels, ResNet-20's widths), 2 blocks
 per stage: 7 depths x 8 widths = 56 sub-networks.
 Recipe: SGD nesterov 0.9, batch 128, lr 0.1, 0.5 warm-up epochs then cosine, weight decay
-5e-4, crop + flip,
-15 epochs (5,265 steps). Time: this DNNet trained at about 500 images/s on an idle 2-core VM
-(`--config.train.num_steps=200`, 2026-11-27, with the default XLA flags and the masked
-kernels behind their barrier: benchmarks/results/cifar10_cpu_train_probe.log; 295 images/s
-with JAX's own flags), so 15 epochs take about 23 minutes, plus 14 s to decode the JPEGs
-once; with another job on the cores it takes about twice that. The joint-loss recipe is
-chosen by measurement (results/cifar10_cpu/README.md): so far the best of the 3-epoch sweep
-is the anchored weighting (uniform, the full exit carrying half of the total weight) with head
-gradients rescaled to means: 60.1% at the full exit vs 35.8% for uniform lambda (the DNNet
-trained on its final exit alone: 64.8%).
+5e-4, crop + flip, 15 epochs (5,265 steps): about 23 minutes on an idle 2-core VM
+(BENCHMARKS.md, "Training speed of the CPU preset"), twice that with another job on the cores. The joint-loss recipe is
+chosen by measurement (results/cifar10_cpu/README.md): the anchored weighting (uniform, the full
+exit carrying half of the total weight) with head gradients rescaled to means.
 """
 
 from dnn_jax.config_base import base_config

@@ -49,13 +49,13 @@ def brute_force_accuracy(model: models.DNNet, variables: dict, split, batch_size
 def pooled_features(model: models.DNNet, variables: dict, split, batch_size: int,
                     batch_sharding) -> np.ndarray:
   """Globally pooled output of the deepest block of `model` (the classifier's input): N x C."""
-  last = f"block_{model.num_exits - 1}" if model.num_exits > 1 else "stem_bn"
+  last = models.block_name(model.num_exits - 1) if model.num_exits > 1 else models.STEM_BN
 
   def features(v, images):
     _, state = model.apply(v, images, capture_intermediates=lambda m, _: m.name == last,
                            mutable=["intermediates"])
     out = state["intermediates"][last]["__call__"][0]
-    return jnp.mean(jax.nn.relu(out) if last == "stem_bn" else out, axis=(1, 2))
+    return jnp.mean(jax.nn.relu(out) if last == models.STEM_BN else out, axis=(1, 2))
 
   fn = jax.jit(features)
   chunks = []
@@ -104,7 +104,7 @@ def fine_tune_accuracy(model: models.DNNet, variables: dict, train_split, eval_s
   for c in range(1, model.num_groups + 1):
     _, sub_vars = subnetwork.extract(model, variables, depth, c)
     backbone = subnetwork.subnetwork_model(model, depth, c)  # Same weights, all its exits.
-    head = sub_vars["params"][f"exit_{depth}"]
+    head = sub_vars["params"][models.exit_name(depth)]
     full_vars = subnetwork.slice_variables(variables, model.num_groups, depth, c)
     train_x = pooled_features(backbone, full_vars, train_split, batch_size, batch_sharding)
     eval_x = pooled_features(backbone, full_vars, eval_split, batch_size, batch_sharding)

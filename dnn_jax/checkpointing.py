@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -11,14 +12,14 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-CHECKPOINT_DIR = "checkpoints"
-CORRUPT_DIR = "corrupt_checkpoints"  # Unreadable checkpoints are moved here, never deleted.
+from dnn_jax import workdir as layout
+
 
 
 def manager(workdir: str, checkpoint_config=None) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=checkpoint_config.max_to_keep if checkpoint_config else None)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+  return ocp.CheckpointManager(os.path.abspath(layout.checkpoints(workdir)),
                                options=options, item_names=("state", "config"))
 
 
@@ -54,9 +55,17 @@ def network_differences(saved: "Saved", config: ml_collections.ConfigDict, class
     a, b = (tuple(a), tuple(b)) if isinstance(a, (list, tuple)) else (a, b)
     if a != b:
       diffs.append(f"model.{key}={a!r} (saved) vs {b!r} (given)")
-  if (saved.config.train.momentum > 0) != (config.train.momentum > 0):
+  if saved.config.train.optimizer != config.train.optimizer:
+    diffs.append(f"train.optimizer={saved.config.train.optimizer!r} (saved) vs "
+                 f"{config.train.optimizer!r} (given): the optimizer state differs")
+  elif (saved.config.train.momentum > 0) != (config.train.momentum > 0):
     diffs.append(f"train.momentum={saved.config.train.momentum} (saved) vs "
                  f"{config.train.momentum} (given): the optimizer state differs")
+  if (saved.config.loss.adaptive_weight > 0) != (config.loss.adaptive_weight > 0):
+    diffs.append(f"loss.adaptive_weight={saved.config.loss.adaptive_weight} (saved) vs "
+                 f"{config.loss.adaptive_weight} (given): the running exit losses are "
+                 f"{'kept' if saved.config.loss.adaptive_weight > 0 else 'not kept'} in the "
+                 "checkpoint")
   if len(saved.class_names) != len(class_names):
     diffs.append(f"{len(saved.class_names)} classes (saved) vs {len(class_names)} (given data)")
   if saved.image_shape is not None and saved.image_shape[-1] != num_channels:
@@ -75,16 +84,16 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: st
     except Exception as e:  # Orbax raises many types for truncated or corrupt files.
       reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
       if jax.process_index() == 0:
-        aside = os.path.join(workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
+        aside = os.path.join(layout.corrupt_checkpoints(workdir), f"{step}-{int(time.time())}")
         os.makedirs(os.path.dirname(aside), exist_ok=True)
-        shutil.move(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, str(step)), aside)
+        shutil.move(os.path.join(os.path.abspath(layout.checkpoints(workdir)), str(step)), aside)
         log(f"Checkpoint step {step} is unreadable ({reason}); moved to {aside}")
       if jax.process_count() > 1:  # Every process sees the move before listing steps again.
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
       mngr.reload()
-  raise UserError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)} "
-                  f"(tried steps {steps}; see {os.path.join(workdir, CORRUPT_DIR)})")
+  raise UserError(f"no readable checkpoint in {layout.checkpoints(workdir)} "
+                  f"(tried steps {steps}; see {layout.corrupt_checkpoints(workdir)})")
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
@@ -94,6 +103,18 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
       state=ocp.args.StandardRestore(abstract_state))).state
 
 
+def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict:
+  """The model's variables (params, batch stats) of checkpoint `step`, into the target's
+  shardings; the optimizer state stays on disk."""
+  path = os.path.join(os.path.abspath(layout.checkpoints(workdir)), str(step), "state")
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        abstract_variables,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables),
+        partial_restore=True))
+  return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+
+
 @dataclasses.dataclass(frozen=True)
 class Saved:
   """What a workdir's checkpoint says about the trained model (no weights loaded)."""
@@ -101,6 +122,20 @@ class Saved:
   class_names: tuple[str, ...]
   image_shape: tuple[int, ...] | None  # None in checkpoints saved before it was recorded
   step: int
+
+  def overlay(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with what the trained model is made of taken from the checkpoint: the model
+    fields and the input normalisation (data fields otherwise stay the given ones)."""
+    config = config.copy_and_resolve_references()
+    config.model = self.config.model
+    config.data.mean, config.data.std = self.config.data.mean, self.config.data.std
+    return config
+
+  def model_differs(self, config: ml_collections.ConfigDict) -> bool:
+    """Whether `config` describes another network than the saved one (conv form aside)."""
+    fields = lambda model: {k: v for k, v in json.loads(model.to_json()).items()
+                            if k != "conv_form"}
+    return fields(config.model) != fields(self.config.model)
 
   def input_shape(self, data_config=None) -> tuple[int, ...]:
     """The trained image shape. Older checkpoints did not record it: then the saved data
@@ -117,7 +152,7 @@ def load_saved(workdir: str, step: int | None = None, *, required: bool = True
   """The metadata of the checkpoint at `step` (default: latest). Without a checkpoint:
   UserError, or None when not `required`."""
   from dnn_jax.errors import UserError
-  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  ckpt_dir = layout.checkpoints(workdir)
   mngr = manager(workdir) if os.path.isdir(ckpt_dir) else None
   try:
     step = mngr.latest_step() if (mngr and step is None) else step

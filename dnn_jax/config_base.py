@@ -44,16 +44,29 @@ def base_config() -> ml_collections.ConfigDict:
   # Weights lambda(l, c) of the joint loss (paper eq. 2): uniform | linear (l * c) |
   # anchored (uniform, the full exit carrying half the total) |
   # final (full exit only: plain training) | full_width (depth-only anytime) |
-  # full_depth (width-only) | explicit (lambda_grid).
+  # full_depth (width-only) | sandwich (every depth alike; in it widths 1 and G a quarter
+  # each, the rest spread) | explicit (lambda_grid). Table: losses.LAMBDA_SCHEMES.
   l.lambda_scheme = "uniform"
   l.lambda_grid = ()  # explicit: depths x widths nested list of non-negative weights
   l.label_smoothing = 0.0
   # Gradient of each head group: sum (as the joint loss gives it: 1/sum(lambda)-scaled) or
   # mean (rescaled to the lambda-weighted mean over the exits that read it); see
-  # train.head_gradient_scale.
+  # losses.head_gradient_scale.
   l.head_gradient = "sum"
-  l.distill_weight = 0.0  # a: sub-exits learn (1 - a) CE + a KL(full exit || exit)
+  # The same for every trunk parameter (conv kernels and BN, by output group and block):
+  # sum | mean (gradient equilibrium over the exits that read it; losses.trunk_gradient_scale).
+  l.trunk_gradient = "sum"
+  l.distill_weight = 0.0  # a: student exits learn (1 - a) CE + a KL(teacher || exit)
   l.distill_temperature = 1.0  # T of that distillation
+  # The teacher: full_exit (students: every other exit) | widest_at_depth | next_wider
+  # (students: every exit but the widest of its depth); a = 1 replaces the label (US-Nets).
+  l.distill_teacher = "full_exit"
+  # Width c learns CE(P_c + stop_gradient(Z_{c-1})): the narrower widths' logits held fixed.
+  l.boosted = False
+  # Adaptive loss balancing: m > 0 scales each lambda(d, c) by (1 - m) + m * mean / running
+  # mean of exit (d, c)'s loss (losses.adaptive_lambda); its running mean decays by:
+  l.adaptive_weight = 0.0
+  l.adaptive_decay = 0.99
 
   c.train = t = ml_collections.ConfigDict()
   t.batch_size = 128  # global batch, split over all devices
@@ -62,11 +75,16 @@ def base_config() -> ml_collections.ConfigDict:
   t.learning_rate = 0.1
   t.schedule = "cosine"  # cosine | step (x0.1 at 50% and 75%) | constant
   t.warmup_epochs = 1.0
-  t.momentum = 0.9
+  t.optimizer = "sgd"  # sgd | adamw | lamb (optimizer.OPTIMIZERS)
+  t.momentum = 0.9  # sgd momentum; Adam's beta1 for adamw / lamb
   t.nesterov = True
-  t.weight_decay = 5e-4  # on conv and head kernels only
+  # On conv and head kernels only: L2 added to the gradient for sgd, decoupled (times the
+  # learning rate) for adamw / lamb.
+  t.weight_decay = 5e-4
   t.log_every_steps = 50
   t.eval_every_steps = 0  # 0: evaluate only at the end
+  # Also log the gradient norm of every width group, trunk and heads (metrics.jsonl).
+  t.log_group_grad_norms = False
 
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 500  # padded and masked: no example is dropped

@@ -7,15 +7,15 @@ import os
 import jax
 import numpy as np
 
+from dnn_jax import losses
 from dnn_jax import models
+from dnn_jax import optimizer
 from dnn_jax.errors import ConfigError
 
 SOURCES = ("digits", "tfds", "image_folder")
 TFDS_NAMES = ("cifar10", "svhn_cropped")
 EVAL_SPLITS = ("test", "validation")
 AUGMENTS = ("crop_flip", "crop", "none")
-LAMBDA_SCHEMES = ("uniform", "linear", "anchored", "final", "full_width", "full_depth",
-                  "explicit")
 SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16")
 
@@ -89,7 +89,7 @@ def validate(config, device_count: int | None = None, check_paths: bool = True) 
            f"{form!r} is not 'auto', 'masked' or 'blocks:S' with 1 <= S <= num_groups")
   _require(0.0 <= m.bn_momentum < 1.0, "model.bn_momentum", f"{m.bn_momentum} not in [0, 1)")
 
-  _one_of(l.lambda_scheme, "loss.lambda_scheme", LAMBDA_SCHEMES)
+  _one_of(l.lambda_scheme, "loss.lambda_scheme", tuple(losses.LAMBDA_SCHEMES))
   depths, widths = 1 + sum(m.blocks_per_stage), m.num_groups
   if l.lambda_scheme == "explicit":
     try:
@@ -103,12 +103,28 @@ def validate(config, device_count: int | None = None, check_paths: bool = True) 
   _require(0.0 <= l.label_smoothing < 1.0, "loss.label_smoothing",
            f"{l.label_smoothing} not in [0, 1)")
 
-  _one_of(l.head_gradient, "loss.head_gradient", ("sum", "mean"))
+  _one_of(l.head_gradient, "loss.head_gradient", losses.GRADIENT_MODES)
+  _one_of(l.trunk_gradient, "loss.trunk_gradient", losses.GRADIENT_MODES)
+  if l.trunk_gradient == "mean" and not m.causal:
+    lam = losses.lambda_grid(l, depths, widths)
+    # Only channel-causal layers have the consumer structure trunk_gradient_scale assumes;
+    # a plain network's exits at full width alone see every channel, as it does.
+    _require(not lam[:, :-1].any(), "loss.trunk_gradient",
+             "'mean' needs model.causal=True unless only full-width exits carry weight")
+  _one_of(l.distill_teacher, "loss.distill_teacher", losses.DISTILL_TEACHERS)
+  _require(0.0 <= l.adaptive_weight <= 1.0, "loss.adaptive_weight",
+           f"{l.adaptive_weight} not in [0, 1]")
+  _require(0.0 <= l.adaptive_decay < 1.0, "loss.adaptive_decay",
+           f"{l.adaptive_decay} not in [0, 1)")
+  _require(isinstance(l.boosted, bool), "loss.boosted", f"{l.boosted!r} must be True or False")
+  _require(not (l.boosted and m.head_reduction != "sum"), "loss.boosted",
+           "needs model.head_reduction='sum' (logits as running sums over groups)")
   _require(0.0 <= l.distill_weight <= 1.0, "loss.distill_weight",
            f"{l.distill_weight} not in [0, 1]")
   _require(l.distill_temperature > 0, "loss.distill_temperature",
            f"{l.distill_temperature} must be positive")
 
+  _one_of(t.optimizer, "train.optimizer", tuple(optimizer.OPTIMIZERS))
   _positive_ints(t.batch_size, "train.batch_size")
   _require(t.batch_size % device_count == 0, "train.batch_size",
            f"{t.batch_size} is not divisible by the {device_count} devices")

@@ -12,7 +12,6 @@ Every figure reports the split its accuracies come from (the DNNet's eval split)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -29,16 +28,14 @@ from dnn_jax import models
 from dnn_jax import plots
 from dnn_jax import resources
 from dnn_jax import select
-from dnn_jax import train
+from dnn_jax import workdir as layout
 from dnn_jax.errors import UserError
+from dnn_jax.metric_writers import log
+from dnn_jax.subnetwork import subnet_id
 
 
 def _eval_grid(workdir: str) -> dict:
-  path = os.path.join(workdir, "eval", "grid.json")
-  if not os.path.exists(path):
-    raise UserError(f"{path} does not exist: train and evaluate {workdir} first")
-  with open(path) as f:
-    return json.load(f)
+  return layout.read_eval_grid(workdir)
 
 
 def _saved(workdir: str):
@@ -50,12 +47,18 @@ def _saved(workdir: str):
 
 
 def _write(out: str, name: str, record: dict, table: list[str]) -> None:
+  if jax.process_index() != 0:
+    return
   os.makedirs(out, exist_ok=True)
   files.write_json(os.path.join(out, f"{name}.json"), record)
   files.write_atomic(os.path.join(out, f"{name}.md"), "\n".join(table) + "\n")
 
 
-def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
+FIG4_LABELS = {"dnn": "DNNet (one network)", "full_training": "full training (one net per width)",
+               "brute_force_slicing": "brute-force slicing", "fine_tuning": "fine-tuning"}
+
+
+def fig4_record(runs: str, fine_tune_epochs: int = 30) -> dict:
   """Accuracy vs width at full depth: DNNet, full training, brute-force slicing, fine-tuning."""
   dnn = _eval_grid(os.path.join(runs, "dnn"))
   widths = len(dnn["widths"])
@@ -64,7 +67,7 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
   full = {}
   for name in sorted(os.listdir(runs)):
     m = re.fullmatch(r"plain_w(\d+)", name)
-    if m and os.path.exists(os.path.join(runs, name, "eval", "grid.json")):
+    if m and os.path.exists(layout.eval_grid(os.path.join(runs, name))):
       full[int(m.group(1))] = _eval_grid(os.path.join(runs, name))["accuracy"][-1][-1]
   record["full_training"] = [full.get(w) for w in range(1, widths + 1)]
   # The plain network whose MACs are closest to the DNNet's full exit: "same cost".
@@ -80,7 +83,7 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
     key = "same_macs_plain" if close else "closest_macs_plain"
     record[key] = {"width": w, "accuracy": acc, "macs": macs}
   widest = os.path.join(runs, f"plain_w{widths}")
-  if os.path.isdir(os.path.join(widest, "checkpoints")):
+  if os.path.isdir(layout.checkpoints(widest)):
     saved, _ = _saved(widest)
     dataset = input_pipeline.load_dataset(saved.data, widest)
     setup, variables, _, _, _ = evaluate.load_checkpoint(saved, widest,
@@ -91,12 +94,17 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
         setup.model, variables, dataset.eval, bs, setup.batch_sharding).tolist()
     record["fine_tuning"] = baselines.fine_tune_accuracy(
         setup.model, variables, dataset.train, dataset.eval, bs, setup.batch_sharding,
-        epochs=fine_tune_epochs, progress=train.log).tolist()
-  labels = {"dnn": "DNNet (one network)", "full_training": "full training (one net per width)",
-            "brute_force_slicing": "brute-force slicing", "fine_tuning": "fine-tuning"}
+        epochs=fine_tune_epochs, progress=log).tolist()
+  return record
+
+
+def write_fig4(out: str, record: dict) -> None:
+  """fig4.{json,md,png} in `out` (process 0)."""
+  if jax.process_index() != 0:
+    return
   fig = plots.figure(figsize=(6.5, 4.8))
   ax = fig.subplots()
-  for key, label in labels.items():
+  for key, label in FIG4_LABELS.items():
     if key in record:
       ys = [np.nan if v is None else 100 * v for v in record[key]]
       ax.plot(record["widths"], ys, marker="o", label=label)
@@ -107,10 +115,10 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
   ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
   os.makedirs(out, exist_ok=True)
   plots.save(fig, os.path.join(out, "fig4.png"))
-  keys = [k for k in labels if k in record]
+  keys = [k for k in FIG4_LABELS if k in record]
   table = [f"# Fig. 4: accuracy (%) vs width at full depth ({record['split']} split, "
            f"{record['num_examples']} images)", "",
-           "| width | " + " | ".join(labels[k] for k in keys) + " |",
+           "| width | " + " | ".join(FIG4_LABELS[k] for k in keys) + " |",
            "|---" * (len(keys) + 1) + "|"]
   for i, w in enumerate(record["widths"]):
     cells = ["" if record[k][i] is None else f"{100 * record[k][i]:.2f}" for k in keys]
@@ -124,60 +132,65 @@ def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
                 f"{record['dnn_full_macs']:,} MACs; {what} (width {s['width']}, "
                 f"{s['macs']:,} MACs): {100 * s['accuracy']:.2f}%."]
   _write(out, "fig4", record, table)
+
+
+def fig4(runs: str, out: str, fine_tune_epochs: int = 30) -> dict:
+  record = fig4_record(runs, fine_tune_epochs)
+  write_fig4(out, record)
   return record
 
 
-def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
+def fig5_record(runs: str, budget_macs: float | None = None) -> dict:
   """Every feasible sub-network under a MAC budget: DNNet vs the depth-only network."""
   dnn_dir, depth_dir = os.path.join(runs, "dnn"), os.path.join(runs, "depth_only")
   _, dnn_macs = _saved(dnn_dir)
-  dnn_acc = np.array(_eval_grid(dnn_dir)["accuracy"])
+  dnn_grid = _eval_grid(dnn_dir)
+  dnn_acc = np.array(dnn_grid["accuracy"])
   budget = budget_macs or float(dnn_macs[-1, -1]) / 3
-  limits = {"macs": budget}
-  record = {"budget_macs": budget, "split": _eval_grid(dnn_dir)["split"]}
-  best = select.select(dnn_acc, {"macs": dnn_macs.astype(float)}, limits)
-  ok = dnn_macs <= budget
+  record = {"budget_macs": budget, "split": dnn_grid["split"],
+            "dnn_accuracy": dnn_acc.tolist(), "dnn_macs": dnn_macs.tolist()}
+  best = select.select(dnn_acc, {"macs": dnn_macs.astype(float)}, {"macs": budget})
   record["dnn"] = {"best": best, "feasible": [
-      {"id": f"D{d + 1}W{c + 1}", "accuracy": float(dnn_acc[d, c]), "macs": int(dnn_macs[d, c])}
-      for d, c in np.argwhere(ok)]}
-  depth_acc = depth_macs = None
-  if os.path.exists(os.path.join(depth_dir, "eval", "grid.json")):
+      {"id": subnet_id(d + 1, c + 1), "accuracy": float(dnn_acc[d, c]),
+       "macs": int(dnn_macs[d, c])} for d, c in np.argwhere(dnn_macs <= budget)]}
+  if os.path.exists(layout.eval_grid(depth_dir)):
     depth_acc = np.array(_eval_grid(depth_dir)["accuracy"])[:, -1]
     depth_macs = _saved(depth_dir)[1][:, -1]
-    feasible = [(d, float(a), int(m)) for d, (a, m) in enumerate(zip(depth_acc, depth_macs))
-                if m <= budget]
-    record["depth_only"] = {
-        "best": max(({"id": f"D{d + 1}", "accuracy": a, "macs": m} for d, a, m in feasible),
-                    key=lambda r: r["accuracy"], default=None),
-        "feasible": [{"id": f"D{d + 1}", "accuracy": a, "macs": m} for d, a, m in feasible]}
+    feasible = [{"id": f"D{d + 1}", "accuracy": float(a), "macs": int(m)}
+                for d, (a, m) in enumerate(zip(depth_acc, depth_macs)) if m <= budget]
+    record["depth_only"] = {"best": max(feasible, key=lambda r: r["accuracy"], default=None),
+                            "feasible": feasible,
+                            "accuracy": depth_acc.tolist(), "macs": depth_macs.tolist()}
+  return record
+
+
+def write_fig5(out: str, record: dict) -> None:
+  """fig5.{json,md,png} in `out` (process 0)."""
+  if jax.process_index() != 0:
+    return
+  budget = record["budget_macs"]
+  dnn_acc, dnn_macs = np.array(record["dnn_accuracy"]), np.array(record["dnn_macs"])
   fig = plots.figure(figsize=(12, 4.5))
   axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, max(dnn_acc.shape[1], 2)]})
-  if depth_acc is not None:
-    col = np.where(depth_macs <= budget, 100 * depth_acc, np.nan)[:, None]
-    axes[0].imshow(col, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
-    for d, v in enumerate(col[:, 0]):
-      if not np.isnan(v):
-        axes[0].text(0, d, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
-    axes[0].set_xticks([])
-    axes[0].set_yticks(range(len(col)), [str(d + 1) for d in range(len(col))])
-  axes[0].set_title("depth-only")
-  axes[0].set_ylabel("depth")
-  grid = np.where(ok, 100 * dnn_acc, np.nan)
-  axes[1].imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
-  for d, c in np.argwhere(ok):
-    axes[1].text(c, d, f"{grid[d, c]:.1f}", ha="center", va="center", fontsize=7, color="w")
-  axes[1].set_xticks(range(grid.shape[1]), [str(c + 1) for c in range(grid.shape[1])])
-  axes[1].set_yticks(range(grid.shape[0]), [str(d + 1) for d in range(grid.shape[0])])
-  axes[1].set_xlabel("width")
-  axes[1].set_title(f"DNNet: accuracy (%) of sub-networks within {budget:,.0f} MACs")
+  depth = record.get("depth_only")
+  if depth is not None:
+    col_acc, col_macs = np.array(depth["accuracy"])[:, None], np.array(depth["macs"])[:, None]
+    plots.draw_grid(axes[0], col_acc, "depth-only", scale=100.0, mask=col_macs <= budget,
+                    vmin=0, vmax=100, column_labels=[""])
+    axes[0].set_xlabel("")
+  else:
+    axes[0].set_title("depth-only")
+  plots.draw_grid(axes[1], dnn_acc, f"DNNet: accuracy (%) of sub-networks within "
+                  f"{budget:,.0f} MACs", scale=100.0, mask=dnn_macs <= budget, vmin=0, vmax=100)
   os.makedirs(out, exist_ok=True)
   plots.save(fig, os.path.join(out, "fig5.png"))
   table = [f"# Fig. 5: sub-networks within {budget:,.0f} MACs ({record['split']} accuracy)", ""]
+  best = record["dnn"]["best"]
   if best:
     table.append(f"Best DNNet sub-network: **{best['id']}**, {100 * best['accuracy']:.2f}% "
                  f"({best['macs']:,.0f} MACs).")
-  if record.get("depth_only", {}).get("best"):
-    b = record["depth_only"]["best"]
+  if depth and depth.get("best"):
+    b = depth["best"]
     table.append(f"Best depth-only exit: **{b['id']}**, {100 * b['accuracy']:.2f}% "
                  f"({b['macs']:,} MACs).")
   table += ["", "| network | sub-network | accuracy (%) | MACs |", "|---|---|---|---|"]
@@ -185,29 +198,46 @@ def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
     for r in sorted(record.get(key, {}).get("feasible", []), key=lambda r: -r["accuracy"]):
       table.append(f"| {label} | {r['id']} | {100 * r['accuracy']:.2f} | {r['macs']:,} |")
   _write(out, "fig5", record, table)
+
+
+def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
+  record = fig5_record(runs, budget_macs)
+  write_fig5(out, record)
   return record
 
 
-def grid(runs: str, out: str) -> dict:
+def grid_record(runs: str) -> dict:
   """The DNNet's accuracy grid next to its MAC grid."""
   dnn_dir = os.path.join(runs, "dnn")
   acc = _eval_grid(dnn_dir)
   _, macs = _saved(dnn_dir)
+  return {"split": acc["split"], "num_examples": acc["num_examples"],
+          "accuracy": acc["accuracy"], "macs": macs.tolist()}
+
+
+def write_grid(out: str, record: dict) -> None:
+  """grid.{json,md} and grid_{accuracy,macs}.png in `out` (process 0)."""
+  if jax.process_index() != 0:
+    return
+  acc, macs = np.array(record["accuracy"]), np.array(record["macs"])
   os.makedirs(out, exist_ok=True)
-  plots.grid_heatmap(np.array(acc["accuracy"]), os.path.join(out, "grid_accuracy.png"),
-                     f"DNNet {acc['split']} accuracy (%)", scale=100.0)
+  plots.grid_heatmap(acc, os.path.join(out, "grid_accuracy.png"),
+                     f"DNNet {record['split']} accuracy (%)", scale=100.0)
   plots.grid_heatmap(macs, os.path.join(out, "grid_macs.png"), "MACs (M) per sub-network",
                      scale=1e-6, fmt="{:.2f}")
-  record = {"split": acc["split"], "num_examples": acc["num_examples"],
-            "accuracy": acc["accuracy"], "macs": macs.tolist()}
-  d, w = np.array(acc["accuracy"]).shape
-  table = [f"# DNNet accuracy (%) / MACs (M) per sub-network ({acc['split']} split)", "",
+  d, w = acc.shape
+  table = [f"# DNNet accuracy (%) / MACs (M) per sub-network ({record['split']} split)", "",
            "| depth \\ width | " + " | ".join(str(c + 1) for c in range(w)) + " |",
            "|---" * (w + 1) + "|"]
   for i in range(d):
     table.append(f"| {i + 1} | " + " | ".join(
-        f"{100 * acc['accuracy'][i][c]:.1f} / {macs[i, c] / 1e6:.2f}" for c in range(w)) + " |")
+        f"{100 * acc[i, c]:.1f} / {macs[i, c] / 1e6:.2f}" for c in range(w)) + " |")
   _write(out, "grid", record, table)
+
+
+def grid(runs: str, out: str) -> dict:
+  record = grid_record(runs)
+  write_grid(out, record)
   return record
 
 

@@ -71,8 +71,10 @@ def load_and_run(export_dir: str, images: np.ndarray) -> np.ndarray:
 
 def run(config, workdir: str) -> dict:
   """--mode=export: writes DIR/export/<id>/ from the latest checkpoint."""
-  from dnn_jax import checkpointing, evaluate, resources, train
+  from dnn_jax import checkpointing, evaluate, resources
+  from dnn_jax import workdir as layout
   from dnn_jax.errors import UserError
+  from dnn_jax.metric_writers import log
   e = config.export
   if e.subnet:
     try:
@@ -95,18 +97,17 @@ def run(config, workdir: str) -> dict:
   grid = resources.analytic_grid(model, image_shape, len(class_names))
   meta = {"class_names": class_names, "checkpoint_step": int(step),
           **{k: int(v[depth - 1, width - 1]) for k, v in grid.items()}}
-  grid_path = os.path.join(workdir, "eval", "grid.json")
+  grid_path = layout.eval_grid(workdir)
   if os.path.exists(grid_path):
-    with open(grid_path) as f:
-      acc = json.load(f)
+    acc = layout.read_json(grid_path)
     if acc.get("checkpoint_step") == int(step):  # Not a grid of an older checkpoint.
       meta.update(accuracy=acc["accuracy"][depth - 1][width - 1], accuracy_split=acc["split"])
     else:
-      train.log(f"Note: {grid_path} is of step {acc.get('checkpoint_step')}, not the exported "
-                f"step {step}: no accuracy in the manifest (run --mode=eval)")
-  out = os.path.join(workdir, "export", subnetwork.subnet_id(depth, width))
+      log(f"Note: {grid_path} is of step {acc.get('checkpoint_step')}, not the exported "
+          f"step {step}: no accuracy in the manifest (run --mode=eval)")
+  out = layout.export_dir(workdir, subnetwork.subnet_id(depth, width))
   manifest = export_subnetwork(model, jax.device_get(variables), depth, width, image_shape, out,
                                meta) if jax.process_index() == 0 else None
-  train.log(f"Exported {subnetwork.subnet_id(depth, width)} ({meta['macs']:,} MACs, "
+  log(f"Exported {subnetwork.subnet_id(depth, width)} ({meta['macs']:,} MACs, "
             f"{meta['params']:,} parameters) to {out}")
   return manifest

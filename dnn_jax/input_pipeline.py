@@ -91,17 +91,21 @@ def static_image_shape(data_config) -> tuple[int, int, int] | None:
   if data_config.source == "digits":
     return (8, 8, 1)
   if data_config.source == "tfds":
-    return (32, 32, 3)
+    return None  # In the dataset's info: describe().
   return (data_config.image_size, data_config.image_size, 3) if data_config.image_size else None
 
 
 def describe(data_config) -> tuple[tuple[int, int, int], tuple[str, ...]]:
   """(image shape, class names) of a source without loading its images."""
-  if data_config.source in ("digits", "tfds"):
-    names = (tuple(str(i) for i in range(10)) if data_config.name != "cifar10" else
-             ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-              "truck"))
-    return static_image_shape(data_config), names
+  if data_config.source == "digits":
+    return static_image_shape(data_config), tuple(str(i) for i in range(10))
+  if data_config.source == "tfds":
+    # The builder's info: the prepared data set's (class names included), else the features
+    # its code declares.
+    import tensorflow_datasets as tfds
+    features = tfds.builder(data_config.name, data_dir=data_config.tfds_data_dir or None
+                            ).info.features
+    return tuple(features["image"].shape), tuple(features["label"].names)
   train_dir = os.path.join(os.path.expanduser(data_config.root), "train")
   if not os.path.isdir(train_dir):  # The classes are those of train/ (test/ may hold fewer).
     raise DataError(f"config.data.root: {data_config.root!r} has no train/ folder to read the "

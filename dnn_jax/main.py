@@ -67,13 +67,14 @@ def run(config, workdir: str, mode: str):
   if "://" in workdir:
     raise UserError(f"--workdir {workdir}: URLs are not supported; give a local path (mount a "
                     "bucket with gcsfuse, as launch/tpu_setup.sh does)")
-  # Before anything is compiled. Modes other than train/eval read the model from a checkpoint
-  # (resources: from the config when there is none) and need no data set.
-  config_validation.validate(config, check_paths=mode in ("train", "eval"))
-  if mode in ("train", "eval"):
-    if mode == "train":
-      train.train_and_evaluate(config, workdir)
+  # Train and eval validate the config themselves (their entry points are called from Python
+  # too). The other modes read the model from a checkpoint (resources: from the config when
+  # there is none) and need no data set. Either way: before anything is compiled.
+  if mode == "train":
+    return train.train_and_evaluate(config, workdir)["eval"]
+  if mode == "eval":
     return evaluate.evaluate(config, workdir)
+  config_validation.validate(config, check_paths=False)
   if mode == "resources":
     return resources.run(config, workdir)
   if mode == "select":

@@ -1,4 +1,5 @@
-"""Metrics as JSON lines and TensorBoard event files (tensorboardX: no TensorFlow)."""
+"""Progress lines on the terminal, and metrics as JSON lines and TensorBoard event files
+(tensorboardX: no TensorFlow); process 0 only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ import os
 import jax
 
 from dnn_jax import files
+
+
+def log(message: str) -> None:
+  """A progress line on stdout, from process 0 only."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 \
+      else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class MetricWriter:

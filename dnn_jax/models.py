@@ -10,6 +10,7 @@ forward pass yields the logits of every (depth, width) sub-network: `logits_BxLx
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -19,6 +20,87 @@ import numpy as np
 
 HEAD_REDUCTIONS = ("sum", "mean")
 SHORTCUTS = ("projection", "pad")
+BN_EPSILON = 1e-5
+
+# The parameter tree's top-level names, owned here: the stem conv and its BN feed exit 1;
+# block i feeds exit i + 1; exit d is the head of depth d.
+STEM, STEM_BN = "stem", "stem_bn"
+
+
+def block_name(index: int) -> str:
+  return f"block_{index}"
+
+
+def exit_name(depth: int) -> str:
+  return f"exit_{depth}"
+
+
+def module_index(name: str) -> int | None:
+  """i of `block_<i>` / `exit_<i>`; None for the stem."""
+  kind, _, index = name.partition("_")
+  return int(index) if kind in ("block", "exit") and index.isdigit() else None
+
+
+def is_block(name: str) -> bool:
+  return name.startswith("block_") and module_index(name) is not None
+
+
+def is_exit(name: str) -> bool:
+  return name.startswith("exit_") and module_index(name) is not None
+
+
+def first_exit(name: str) -> int:
+  """The shallowest exit (1-based depth) that reads the top-level module `name`."""
+  if is_block(name):
+    return module_index(name) + 1
+  if is_exit(name):
+    return module_index(name)
+  return 1  # stem, stem_bn
+
+
+def output_groups(names: Sequence[str], shape, num_groups: int) -> np.ndarray:
+  """The width group of every element of parameter `names` (its path), as an int array that
+  broadcasts against it: heads (kernel G x D x K, bias G x K) by their first axis; conv
+  kernels (HWIO) and per-channel BN variables by output channel (their last axis)."""
+  if is_exit(names[0]):
+    return np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1))
+  return np.arange(shape[-1]) // (shape[-1] // num_groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+  """Shape of residual block `index` (1-based): channels per group in and out, stride and
+  shortcut kind (identity | projection | pad)."""
+  index: int
+  cpg_in: int
+  cpg_out: int
+  stride: int
+  shortcut: str
+
+  @property
+  def name(self) -> str:
+    return block_name(self.index)
+
+
+def block_layout(channels_per_group: Sequence[int], blocks_per_stage: Sequence[int],
+                 shortcut: str = "projection") -> list[BlockLayout]:
+  """Every residual block in order: stride 2 at the first block of every stage but the first;
+  a shortcut other than identity wherever the shape changes."""
+  blocks, cpg_prev = [], channels_per_group[0]
+  for stage, (cpg, n) in enumerate(zip(channels_per_group, blocks_per_stage)):
+    for b in range(n):
+      stride = 2 if (stage > 0 and b == 0) else 1
+      kind = shortcut if (stride != 1 or cpg != cpg_prev) else "identity"
+      blocks.append(BlockLayout(len(blocks) + 1, cpg_prev, cpg, stride, kind))
+      cpg_prev = cpg
+  return blocks
+
+
+def exit_channels_per_group(channels_per_group: Sequence[int],
+                            blocks_per_stage: Sequence[int]) -> list[int]:
+  """Channels per group of the activation each exit (1..depths) reads."""
+  return [channels_per_group[0]] + [b.cpg_out for b in block_layout(channels_per_group,
+                                                                     blocks_per_stage)]
 
 
 def group_mask(cin: int, cout: int, num_groups: int, *, grouped_input: bool = True,
@@ -36,7 +118,7 @@ def conv_kernel_mask(layer: str, kernel_shape, num_groups: int, causal: bool = T
   """Bool (C_in, C_out) mask of an HWIO kernel of top-level module `layer`: the stem's groups
   all read the whole image; every other conv is channel-causal."""
   return group_mask(kernel_shape[2], kernel_shape[3], num_groups,
-                    grouped_input=layer != "stem", causal=causal)
+                    grouped_input=layer != STEM, causal=causal)
 
 
 def masked_he_normal(mask: np.ndarray):
@@ -63,6 +145,31 @@ def _masked(kernel: jax.Array, mask: np.ndarray) -> jax.Array:
   return jax.lax.optimization_barrier(masked) if jax.default_backend() == "cpu" else masked
 
 
+def conv(x_BxHxWxC: jax.Array, kernel_HxWxIxO: jax.Array, strides: int = 1,
+         dtype: Any = jnp.float32) -> jax.Array:
+  """The network's convolution: SAME padding of a square odd kernel, NHWC / HWIO."""
+  pad = kernel_HxWxIxO.shape[0] // 2
+  return jax.lax.conv_general_dilated(
+      x_BxHxWxC.astype(dtype), kernel_HxWxIxO.astype(dtype), window_strides=(strides,) * 2,
+      padding=((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def batch_norm(train: bool, momentum: float, dtype: Any, name: str, **kwargs) -> nn.BatchNorm:
+  """The network's BatchNorm (per channel, so it respects group boundaries)."""
+  return nn.BatchNorm(not train, momentum=momentum, epsilon=BN_EPSILON, dtype=dtype, name=name,
+                      **kwargs)
+
+
+def partial_logits(x_BxHxWxC: jax.Array, kernel_GxDxK: jax.Array, bias_GxK: jax.Array
+                   ) -> jax.Array:
+  """Per-group partial logits P_k = W_k f_k + b_k of an exit, f_k the pooled group k:
+  B x G x K (G = the groups `kernel_GxDxK` holds)."""
+  b, c = x_BxHxWxC.shape[0], x_BxHxWxC.shape[-1]
+  g = kernel_GxDxK.shape[0]
+  f_BxGxD = jnp.mean(x_BxHxWxC, axis=(1, 2)).reshape(b, g, c // g)
+  return jnp.einsum("bgd,gdk->bgk", f_BxGxD.astype(jnp.float32), kernel_GxDxK) + bias_GxK
+
+
 class CausalConv(nn.Module):
   """Conv whose output group i reads only input groups 1..i (no bias: BN follows)."""
   features: int
@@ -81,16 +188,13 @@ class CausalConv(nn.Module):
     mask = group_mask(cin, self.features, self.num_groups,
                       grouped_input=self.grouped_input, causal=self.causal)
     kernel = self.param("kernel", masked_he_normal(mask), (k, k, cin, self.features))
-    pad = k // 2
-    conv = lambda x, w: jax.lax.conv_general_dilated(
-        x.astype(self.dtype), w.astype(self.dtype), window_strides=(self.strides,) * 2,
-        padding=((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    run = lambda x, w: conv(x, w, self.strides, self.dtype)
     if mask.all():
-      return conv(x_BxHxWxC, kernel)
+      return run(x_BxHxWxC, kernel)
     if self.form == "masked":
       # Multiplying by the mask in the forward pass also zeroes the masked taps' gradients,
       # so they stay exactly zero (weight decay keeps zero at zero).
-      return conv(x_BxHxWxC, _masked(kernel, mask) if self.apply_mask else kernel)
+      return run(x_BxHxWxC, _masked(kernel, mask) if self.apply_mask else kernel)
     # blocks:S -- output groups in S consecutive blocks; block j reads only the input groups
     # up to its last group, skipping the zero blocks above the diagonal that "masked" computes.
     g = self.num_groups
@@ -104,7 +208,7 @@ class CausalConv(nn.Module):
       w = kernel[:, :, :c_in, o0:o1]
       if self.apply_mask:
         w = _masked(w, mask[:c_in, o0:o1])
-      outs.append(conv(x_BxHxWxC[..., :c_in], w))
+      outs.append(run(x_BxHxWxC[..., :c_in], w))
     return jnp.concatenate(outs, axis=-1)
 
 
@@ -139,8 +243,7 @@ class ResidualBlock(nn.Module):
     conv = lambda s, k, name: CausalConv(self.features, k, s, self.num_groups,
                                          causal=self.causal, apply_mask=self.apply_mask,
                                          form=self.conv_form, dtype=self.dtype, name=name)
-    norm = lambda name, **kw: nn.BatchNorm(not train, momentum=self.bn_momentum,
-                                           epsilon=1e-5, dtype=self.dtype, name=name, **kw)
+    norm = lambda name, **kw: batch_norm(train, self.bn_momentum, self.dtype, name, **kw)
     y = nn.relu(norm("bn1")(conv(self.strides, 3, "conv1")(x)))
     y = conv(1, 3, "conv2")(y)
     y = norm("bn2", scale_init=(nn.initializers.zeros if self.zero_init_residual
@@ -166,17 +269,14 @@ class ExitHead(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-    b, c = x_BxHxWxC.shape[0], x_BxHxWxC.shape[-1]
-    g = self.num_groups
-    f_BxGxD = jnp.mean(x_BxHxWxC, axis=(1, 2)).reshape(b, g, c // g)
+    c, g = x_BxHxWxC.shape[-1], self.num_groups
     # LeCun-normal over the full width's C inputs: the widest exit starts as a standard
     # dense classifier. (Zero init, as in big_vision, starves the backbone of gradient at
     # the start when the loss is spread over many exits: measured to learn far slower.)
     w_GxDxK = self.param("kernel", nn.initializers.normal(1.0 / np.sqrt(c)),
                          (g, c // g, self.num_classes))
     b_GxK = self.param("bias", nn.initializers.zeros, (g, self.num_classes))
-    p_BxGxK = jnp.einsum("bgd,gdk->bgk", f_BxGxD.astype(jnp.float32), w_GxDxK) + b_GxK
-    z_BxGxK = jnp.cumsum(p_BxGxK, axis=1)
+    z_BxGxK = jnp.cumsum(partial_logits(x_BxHxWxC, w_GxDxK, b_GxK), axis=1)
     if self.reduction == "mean":
       z_BxGxK = z_BxGxK / jnp.arange(1, g + 1, dtype=z_BxGxK.dtype)[None, :, None]
     return z_BxGxK
@@ -219,38 +319,29 @@ class DNNet(nn.Module):
         self.input_std)
     x = CausalConv(g * self.channels_per_group[0], 3, 1, g, grouped_input=False,
                    causal=self.causal, apply_mask=self.apply_masks, dtype=self.dtype,
-                   name="stem")(x)
-    x = nn.relu(nn.BatchNorm(not train, momentum=self.bn_momentum, epsilon=1e-5,
-                             dtype=self.dtype, name="stem_bn")(x))
+                   name=STEM)(x)
+    x = nn.relu(batch_norm(train, self.bn_momentum, self.dtype, STEM_BN)(x))
     head = lambda i: ExitHead(g, self.num_classes, self.head_reduction, self.dtype,
-                              name=f"exit_{i}")
+                              name=exit_name(i))
     logits = [] if self.only_last_exit and depth > 1 else [head(1)(x)]
-    exit_index = 1
-    for stage, (cpg, n_blocks) in enumerate(zip(self.channels_per_group, self.blocks_per_stage)):
-      for b in range(n_blocks):
-        if exit_index >= depth:
-          break
-        x = ResidualBlock(g * cpg, 2 if (stage > 0 and b == 0) else 1, g, self.causal,
-                          self.shortcut, self.zero_init_residual, self.bn_momentum,
-                          self.apply_masks, self.conv_form, self.dtype,
-                          name=f"block_{exit_index}")(x, train)
-        exit_index += 1
-        if not self.only_last_exit or exit_index == depth:
-          logits.append(head(exit_index)(x))
+    for blk in block_layout(self.channels_per_group, self.blocks_per_stage, self.shortcut):
+      if blk.index >= depth:
+        break
+      x = ResidualBlock(g * blk.cpg_out, blk.stride, g, self.causal, self.shortcut,
+                        self.zero_init_residual, self.bn_momentum, self.apply_masks,
+                        self.conv_form, self.dtype, name=blk.name)(x, train)
+      if not self.only_last_exit or blk.index + 1 == depth:
+        logits.append(head(blk.index + 1)(x))
     if self.only_last_exit:
       return logits[0][:, -1]
     return jnp.stack(logits, axis=1)
 
 
-# The causal conv form per backend, from benchmarks/run.py's conv_forms section (BENCHMARKS.md;
-# interleaved timing). Masked won every forward pass and every train step measured since
-# kernels are masked behind an optimization barrier on CPU (`_masked`) -- CPU (2 cores, XLA's
-# Eigen convolutions): CPU preset batch 64, 135 ms vs 165 (blocks:2) vs 255 (blocks:4); paper
-# preset batch 32, 260 vs 308 vs 401. H100: paper preset fp32 batch 128, 7.7 ms vs 11.4 vs
-# 16.1; bf16 batch 1024, 26.5 vs 43.4 (blocks:2). The blocks forms skip the zero blocks but run
-# several narrower convolutions, slices and a concatenation. TPU: not measured; masked keeps
-# one dense matmul-shaped conv, the MXU's best case. A form picked by timing at start-up would
-# tie a run's numerics to the machine's load, so the choice is fixed per backend.
+# The causal conv form per backend: the fastest measured train step and forward pass, fixed per
+# backend so that a run's numerics do not depend on the machine's load (BENCHMARKS.md, "Causal
+# conv forms"; TPU not measured: masked keeps one dense conv, the MXU's best case). blocks:S,
+# which skips the masked blocks' FLOPs, lost every comparison so far; it stays an option as
+# the comparison to rerun on a new backend.
 CONV_FORM_BY_BACKEND = {"cpu": "masked", "gpu": "masked", "tpu": "masked"}
 
 

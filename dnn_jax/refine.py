@@ -12,65 +12,35 @@ d' continues from the stored activation of exit d. Each step is one jit-compiled
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dnn_jax import models
 
-_EPS = 1e-5  # BatchNorm epsilon of models.py
 
-
-@dataclasses.dataclass(frozen=True)
-class _Block:
-  name: str
-  cpg_in: int
-  cpg_out: int
-  stride: int
-  projection: bool  # projection shortcut (else identity or per-group zero padding)
-  changes_shape: bool
-
-
-def _blocks(model: models.DNNet) -> list[_Block]:
-  blocks, cpg_prev = [], model.channels_per_group[0]
-  index = 1
-  for stage, (cpg, n) in enumerate(zip(model.channels_per_group, model.blocks_per_stage)):
-    for b in range(n):
-      stride = 2 if (stage > 0 and b == 0) else 1
-      changes = stride != 1 or cpg_prev != cpg
-      blocks.append(_Block(f"block_{index}", cpg_prev, cpg, stride,
-                           changes and model.shortcut == "projection", changes))
-      cpg_prev, index = cpg, index + 1
-  return blocks
-
-
-def _conv(x, kernel, c0, c1, cpg_in, cpg_out, stride, num_groups, grouped_input=True):
+def _conv(x, kernel, c0, c1, cpg_in, cpg_out, stride, dtype, grouped_input=True):
   """Output groups [c0, c1) of a causal conv, reading input groups < c1 only."""
   cin = x.shape[-1] if not grouped_input else c1 * cpg_in
   k = kernel[:, :, :cin, c0 * cpg_out:c1 * cpg_out]
-  if grouped_input:  # Masked taps are zero in trained weights; masking keeps any weights exact.
-    g_in = np.arange(cin) // cpg_in
-    g_out = np.arange(c0 * cpg_out, c1 * cpg_out) // cpg_out
-    k = k * jnp.asarray(g_in[:, None] <= g_out[None, :], k.dtype)
-  pad = kernel.shape[0] // 2
-  return jax.lax.conv_general_dilated(x[..., :cin], k, (stride, stride), ((pad, pad),) * 2,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  # Masked taps are zero in trained weights; masking keeps any weights exact.
+  mask = models.group_mask(cin, c1 * cpg_out, c1, grouped_input=grouped_input)
+  k = k * jnp.asarray(mask[:, c0 * cpg_out:], k.dtype)
+  return models.conv(x[..., :cin], k, stride, dtype)
 
 
-def _bn(y, params, stats, c0, c1, cpg):
+def _bn(y, params, stats, c0, c1, cpg, dtype):
+  """The network's BatchNorm (inference) on channels of groups [c0, c1)."""
   sl = slice(c0 * cpg, c1 * cpg)
-  return ((y - stats["mean"][sl]) * jax.lax.rsqrt(stats["var"][sl] + _EPS) * params["scale"][sl]
-          + params["bias"][sl])
+  return models.batch_norm(False, 0.9, dtype, "bn").apply(
+      {"params": {"scale": params["scale"][sl], "bias": params["bias"][sl]},
+       "batch_stats": {"mean": stats["mean"][sl], "var": stats["var"][sl]}}, y)
 
 
-def _head_sum(x_new, params, c0, c1, cpg):
+def _head_sum(x_new, params, c0, c1):
   """Sum of the partial logits of groups [c0, c1) at one exit: B x K."""
-  b = x_new.shape[0]
-  f = jnp.mean(x_new, axis=(1, 2)).reshape(b, c1 - c0, cpg)
-  return jnp.einsum("bgd,gdk->bk", f, params["kernel"][c0:c1]) + params["bias"][c0:c1].sum(0)
+  return models.partial_logits(x_new, params["kernel"][c0:c1], params["bias"][c0:c1]).sum(1)
 
 
 class _Steps:
@@ -78,36 +48,34 @@ class _Steps:
 
   def __init__(self, model: models.DNNet):
     self.model = model
-    self.blocks = _blocks(model)
+    self.blocks = models.block_layout(model.channels_per_group, model.blocks_per_stage,
+                                      model.shortcut)
+    self.exit_cpg = models.exit_channels_per_group(model.channels_per_group,
+                                                   model.blocks_per_stage)
 
   def _stem(self, v, x, c0, c1):
-    p, s, g = v["params"], v["batch_stats"], self.model.num_groups
-    cpg = self.model.channels_per_group[0]
-    y = _conv(x, p["stem"]["kernel"], c0, c1, None, cpg, 1, g, grouped_input=False)
-    return jax.nn.relu(_bn(y, p["stem_bn"], s["stem_bn"], c0, c1, cpg))
+    p, s, dt = v["params"], v["batch_stats"], self.model.dtype
+    cpg = self.exit_cpg[0]
+    y = _conv(x, p[models.STEM]["kernel"], c0, c1, None, cpg, 1, dt, grouped_input=False)
+    return jax.nn.relu(_bn(y, p[models.STEM_BN], s[models.STEM_BN], c0, c1, cpg, dt))
 
-  def _block(self, v, blk: _Block, x_in, mid_old, c0, c1):
+  def _block(self, v, blk: models.BlockLayout, x_in, mid_old, c0, c1):
     """Groups [c0, c1) of one block given its input's groups < c1; returns (mid, out) new."""
-    p, s = v["params"][blk.name], v["batch_stats"][blk.name]
-    g = self.model.num_groups
+    p, s, dt = v["params"][blk.name], v["batch_stats"][blk.name], self.model.dtype
     y1 = jax.nn.relu(_bn(_conv(x_in, p["conv1"]["kernel"], c0, c1, blk.cpg_in, blk.cpg_out,
-                               blk.stride, g), p["bn1"], s["bn1"], c0, c1, blk.cpg_out))
+                               blk.stride, dt), p["bn1"], s["bn1"], c0, c1, blk.cpg_out, dt))
     mid = y1 if mid_old is None else jnp.concatenate([mid_old, y1], -1)
-    y2 = _bn(_conv(mid, p["conv2"]["kernel"], c0, c1, blk.cpg_out, blk.cpg_out, 1, g),
-             p["bn2"], s["bn2"], c0, c1, blk.cpg_out)
-    if blk.projection:
-      sc = _bn(_conv(x_in, p["proj"]["kernel"], c0, c1, blk.cpg_in, blk.cpg_out, blk.stride, g),
-               p["proj_bn"], s["proj_bn"], c0, c1, blk.cpg_out)
-    elif blk.changes_shape:
+    y2 = _bn(_conv(mid, p["conv2"]["kernel"], c0, c1, blk.cpg_out, blk.cpg_out, 1, dt),
+             p["bn2"], s["bn2"], c0, c1, blk.cpg_out, dt)
+    if blk.shortcut == "projection":
+      sc = _bn(_conv(x_in, p["proj"]["kernel"], c0, c1, blk.cpg_in, blk.cpg_out, blk.stride,
+                     dt), p["proj_bn"], s["proj_bn"], c0, c1, blk.cpg_out, dt)
+    elif blk.shortcut == "pad":
       sc = models.group_pad_shortcut(x_in[..., c0 * blk.cpg_in:c1 * blk.cpg_in],
                                      (c1 - c0) * blk.cpg_out, c1 - c0, blk.stride)
     else:
       sc = x_in[..., c0 * blk.cpg_in:c1 * blk.cpg_in]
     return y1, jax.nn.relu(y2 + sc)
-
-  def _cpg_at(self, exit_index):  # channels per group of exit `exit_index` (0-based)
-    return self.model.channels_per_group[0] if exit_index == 0 else \
-        self.blocks[exit_index - 1].cpg_out
 
   def _widen(self, v, x, acts, mids, sums, depth, c0, c1):
     acts, mids, sums = list(acts), list(mids), list(sums)
@@ -118,7 +86,7 @@ class _Steps:
         y1, new = self._block(v, blk, acts[i - 1], mids[i - 1], c0, c1)
         mids[i - 1] = jnp.concatenate([mids[i - 1], y1], -1)
       acts[i] = jnp.concatenate([acts[i], new], -1)
-      sums[i] = sums[i] + _head_sum(new, v["params"][f"exit_{i + 1}"], c0, c1, self._cpg_at(i))
+      sums[i] = sums[i] + _head_sum(new, v["params"][models.exit_name(i + 1)], c0, c1)
     return acts, mids, sums
 
   def _deepen(self, v, x, acts, mids, d0, d1, width):
@@ -131,7 +99,7 @@ class _Steps:
         y1, out = self._block(v, self.blocks[i - 1], acts[i - 1], None, 0, width)
         mids.append(y1)
       acts.append(out)
-      sums.append(_head_sum(out, v["params"][f"exit_{i + 1}"], 0, width, self._cpg_at(i)))
+      sums.append(_head_sum(out, v["params"][models.exit_name(i + 1)], 0, width))
     return acts, mids, sums
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from dnn_jax import files
 from dnn_jax import models
 from dnn_jax import subnetwork
+from dnn_jax import workdir as layout
 
 ANALYTIC = ("macs", "macs_conv", "macs_head", "params", "largest_feature_map",
             "largest_feature_map_bytes")
@@ -26,16 +27,12 @@ MEASURED = ("peak_activation_bytes", "latency_ms_batch1", "latency_ms_batch")
 
 @dataclasses.dataclass(frozen=True)
 class ConvLayer:
-  path: tuple[str, ...]  # module path, e.g. ("block_3", "conv1")
+  path: tuple[str, ...]  # module path: a top-level name (models.py), then e.g. "conv1"
   depth: int  # the first exit that needs this layer
   taps: int  # kernel height x width
   out_hw: int  # output height x width
   unmasked_by_width: np.ndarray  # [c - 1] -> (C_in, C_out) pairs kept at width c
   out_channels_by_width: np.ndarray  # [c - 1] -> output channels at width c
-
-
-def _depth_of(module_name: str) -> int:
-  return int(module_name.split("_")[1]) + 1 if module_name.startswith("block_") else 1
 
 
 def conv_layers(model: models.DNNet, image_shape) -> list[ConvLayer]:
@@ -58,10 +55,10 @@ def conv_layers(model: models.DNNet, image_shape) -> list[ConvLayer]:
     kh, kw, cin, cout = kernel["kernel"].shape
     mask = models.conv_kernel_mask(names[0], kernel["kernel"].shape, g, model.causal)
     widths = np.arange(1, g + 1)
-    cin_c = np.full(g, cin) if names[0] == "stem" else cin * widths // g
+    cin_c = np.full(g, cin) if names[0] == models.STEM else cin * widths // g
     cout_c = cout * widths // g
     unmasked = np.array([mask[:i, :o].sum() for i, o in zip(cin_c, cout_c)], np.int64)
-    layers.append(ConvLayer(names, _depth_of(names[0]), kh * kw, out.shape[1] * out.shape[2],
+    layers.append(ConvLayer(names, models.first_exit(names[0]), kh * kw, out.shape[1] * out.shape[2],
                             unmasked, cout_c))
   return layers
 
@@ -82,11 +79,9 @@ def analytic_grid(model: models.DNNet, image_shape, num_classes: int,
     fmap_per_depth[layer.depth - 1] = np.maximum(fmap_per_depth[layer.depth - 1],
                                                  layer.out_hw * layer.out_channels_by_width)
   # The head of exit d at width c: c groups' per-group linear maps and biases.
-  head_features = np.zeros((depths, g), np.int64)
-  for layer in layers:
-    if layer.path[-1] in ("conv2", "stem"):
-      head_features[layer.depth - 1] = layer.out_channels_by_width
   widths = np.arange(1, g + 1)
+  head_features = np.outer(models.exit_channels_per_group(model.channels_per_group,
+                                                          model.blocks_per_stage), widths)
   macs_head = head_features * num_classes
   macs_conv = np.cumsum(conv_per_depth, axis=0)
   return {
@@ -140,16 +135,15 @@ def measured_grid(model: models.DNNet, variables: dict, image_shape, *, batch_si
   return out
 
 
-def run(config, workdir: str) -> dict:
-  """--mode=resources: writes DIR/resources/grid.json and one heatmap per quantity."""
-  from dnn_jax import checkpointing, input_pipeline, plots, train
+def compute(config, workdir: str, progress=None) -> dict:
+  """The resource grid record of DIR's trained network (of the config's when DIR has no
+  checkpoint): analytic quantities, and with resources.measure the measured ones."""
+  from dnn_jax import checkpointing, input_pipeline
   saved = checkpointing.load_saved(workdir, required=False)
   if saved is not None:
     # A trained workdir: the network it holds, whatever the given config's model says.
     image_shape, class_names = saved.input_shape(config.data), saved.class_names
-    config = config.copy_and_resolve_references()
-    config.model, config.data.mean, config.data.std = (saved.config.model, saved.config.data.mean,
-                                                       saved.config.data.std)
+    config = saved.overlay(config)
   else:
     image_shape, class_names = input_pipeline.describe(config.data)
   model = models.create_model(config.model, len(class_names), input_mean=config.data.mean,
@@ -166,31 +160,44 @@ def run(config, workdir: str) -> dict:
     measured = measured_grid(model, variables, image_shape,
                              batch_size=config.resources.batch_size,
                              warmup=config.resources.warmup, repeats=config.resources.repeats,
-                             latency=config.resources.latency, progress=train.log)
+                             latency=config.resources.latency, progress=progress)
     record.update({k: [[None if np.isnan(x) else float(x) for x in row] for row in v]
                    for k, v in measured.items()})
     device = jax.devices()[0]
     record.update(latency_batch_size=config.resources.batch_size,
                   backend=jax.default_backend(), device_kind=device.device_kind)
+  return record
+
+
+def write(workdir: str, record: dict) -> None:
+  """DIR/resources/grid.json and one heatmap per quantity (process 0), and a summary line."""
+  from dnn_jax import plots
+  from dnn_jax.metric_writers import log
+  out = layout.resources_dir(workdir)
+  macs, params = np.array(record["macs"]), np.array(record["params"])
   if jax.process_index() == 0:
-    out = os.path.join(workdir, "resources")
     os.makedirs(out, exist_ok=True)
+    batch = record.get("latency_batch_size")
     titles = {"macs": ("MACs (M)", 1e-6, "{:.1f}"), "params": ("parameters (K)", 1e-3, "{:.0f}"),
               "largest_feature_map": ("largest feature map (K elements)", 1e-3, "{:.0f}"),
               "peak_activation_bytes": ("XLA peak activation memory, batch 1 (KiB)",
                                         1 / 1024, "{:.0f}"),
               "latency_ms_batch1": ("latency, batch 1 (ms)", 1.0, "{:.2f}"),
-              "latency_ms_batch": (f"latency, batch {config.resources.batch_size} (ms)", 1.0,
-                                   "{:.1f}")}
+              "latency_ms_batch": (f"latency, batch {batch} (ms)", 1.0, "{:.1f}")}
     for key, (title, scale, fmt) in titles.items():
       if key in record and record[key] is not None:
         values = np.array(record[key], np.float64)
         if not np.isnan(values).all():
           plots.grid_heatmap(values, os.path.join(out, f"{key}.png"), title, scale=scale,
-                             fmt=fmt, annotate=model.num_groups <= 12)
-    files.write_json(os.path.join(out, "grid.json"), record)
-  full = (model.num_exits - 1, model.num_groups - 1)
-  train.log(f"Resources of {model.num_exits} x {model.num_groups} sub-networks written to "
-            f"{os.path.join(workdir, 'resources')}; full network: {grid['macs'][full]:,} MACs, "
-            f"{grid['params'][full]:,} parameters")
+                             fmt=fmt, annotate=len(record["widths"]) <= 12)
+    files.write_json(layout.resources_grid(workdir), record)
+  log(f"Resources of {len(record['depths'])} x {len(record['widths'])} sub-networks written "
+      f"to {out}; full network: {int(macs[-1, -1]):,} MACs, {int(params[-1, -1]):,} parameters")
+
+
+def run(config, workdir: str) -> dict:
+  """--mode=resources: writes DIR/resources/grid.json and one heatmap per quantity."""
+  from dnn_jax.metric_writers import log
+  record = compute(config, workdir, progress=log)
+  write(workdir, record)
   return record

@@ -7,6 +7,7 @@ DNNet vs a depth-only choice) and dynamic budgets over time (Fig. 1).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,9 @@ import jax
 import numpy as np
 
 from dnn_jax import files
+from dnn_jax import workdir as layout
 from dnn_jax.errors import UserError
+from dnn_jax.metric_writers import log
 from dnn_jax.subnetwork import subnet_id
 
 # Budget field -> resource grid quantity it limits.
@@ -100,18 +103,7 @@ def pareto_front(accuracy, resources: dict, keys=("macs",)) -> list[dict]:
 
 def load_grid(path: str, key: str, shape: tuple[int, int]) -> np.ndarray:
   """Reads `key` of a grid JSON and checks it is depths x widths."""
-  if not os.path.exists(path):
-    raise UserError(f"{path} does not exist")
-  try:
-    with open(path) as f:
-      record = json.load(f)
-    grid = np.asarray(record[key], np.float64)
-  except (ValueError, KeyError, TypeError) as e:
-    raise UserError(f"{path}: cannot read '{key}' as a grid ({type(e).__name__}: {e})") from e
-  if grid.shape != tuple(shape):
-    raise UserError(f"{path}: '{key}' has shape {grid.shape}, expected {tuple(shape)} "
-                    "(depths x widths of the model)")
-  return grid
+  return layout.grid_array(layout.read_json(path), key, shape, path)
 
 
 def read_trace(path: str) -> list[dict]:
@@ -144,18 +136,18 @@ def _grids(config, workdir: str):
   from dnn_jax import checkpointing, input_pipeline, models, resources
   saved = checkpointing.load_saved(workdir, required=False)
   if saved is not None:  # The trained model's layout wins over the given config's.
-    config = config.copy_and_resolve_references()
-    config.model = saved.config.model
+    config = saved.overlay(config)
   shape = models.grid_shape(config.model)
-  accuracy = load_grid(os.path.join(workdir, "eval", "grid.json"), "accuracy", shape)
-  res_path = os.path.join(workdir, "resources", "grid.json")
-  if os.path.exists(res_path):
-    res = {k: load_grid(res_path, k, shape) for k in ("macs", "params", "largest_feature_map")}
-    with open(res_path) as f:
-      measured = json.load(f)
+  accuracy = layout.grid_array(layout.read_eval_grid(workdir), "accuracy", shape,
+                               layout.eval_grid(workdir))
+  measured = layout.read_resources_grid(workdir)
+  if measured is not None:
+    path = layout.resources_grid(workdir)
+    res = {k: layout.grid_array(measured, k, shape, path)
+           for k in ("macs", "params", "largest_feature_map")}
     for k in ("peak_activation_bytes", "latency_ms_batch1"):
       if measured.get(k) is not None:
-        res[k] = np.asarray(load_grid(res_path, k, shape), np.float64)
+        res[k] = layout.grid_array(measured, k, shape, path)
   else:  # Analytic quantities need no measurement.
     if saved is not None:
       image_shape, names = saved.input_shape(config.data), saved.class_names
@@ -180,10 +172,18 @@ def _limits(config) -> dict:
   return check_limits({k: config.budget[k] for k in LIMITS})
 
 
-def run(config, workdir: str) -> dict:
-  """--mode=select: prints the choice under config.budget, writes DIR/select.json and the
-  Fig. 5 view (every feasible sub-network, DNNet vs depth-only) as markdown and PNG."""
-  from dnn_jax import plots
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """A --mode=select result: its record (select.json) and the grids it was made from."""
+  record: dict
+  accuracy: np.ndarray
+  resources: dict
+  feasible: np.ndarray  # bool depths x widths
+
+
+def choose(config, workdir: str) -> Selection:
+  """The most accurate sub-network of DIR under config.budget, the depth-only choice beside
+  it, the Pareto front over MACs and every feasible sub-network."""
   limits = _limits(config)
   if not limits:
     raise UserError("config.budget: set at least one limit, e.g. --config.budget.macs=24e6")
@@ -195,7 +195,6 @@ def run(config, workdir: str) -> dict:
     raise UserError(f"no sub-network fits the budget {limits}"
                     + (" (all limits at once)" if len(limits) > 1 else "")
                     + f"; the smallest values in the grid: {smallest}")
-  widths = accuracy.shape[1]
   d_acc, d_res, label = _depth_only(config, accuracy, res)
   depth_choice = select(d_acc, d_res, limits, columns=[d_acc.shape[1]])
   ok = feasible(res, limits)
@@ -203,40 +202,58 @@ def run(config, workdir: str) -> dict:
             "pareto_front_macs": pareto_front(accuracy, res, ("macs",)),
             "feasible": [{"id": subnet_id(d + 1, c + 1), "accuracy": float(accuracy[d, c]),
                           "macs": float(res["macs"][d, c])} for d, c in np.argwhere(ok)]}
-  if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, "select.json"), record)
-    out = os.path.join(workdir, "select")
-    os.makedirs(out, exist_ok=True)
-    plots.grid_heatmap(accuracy, os.path.join(out, "feasible.png"),
-                       f"accuracy (%) of sub-networks within {limits}", scale=100.0,
-                       fmt="{:.1f}" if widths <= 12 else "{:.0f}", mask=ok)
-    lines = [f"# Feasible sub-networks under {limits}", "",
-             f"Best DNNet sub-network: **{choice['id']}** at {100 * choice['accuracy']:.2f}% "
-             f"({choice['macs']:,.0f} MACs). Best of the {label}: "
-             + (f"**{depth_choice['id']}** at {100 * depth_choice['accuracy']:.2f}%."
-                if depth_choice else "none fits."), "",
-             "| sub-network | accuracy (%) | MACs | params |", "|---|---|---|---|"]
-    for d, c in sorted(map(tuple, np.argwhere(ok)), key=lambda dc: -accuracy[dc]):
-      lines.append(f"| {subnet_id(d + 1, c + 1)} | {100 * accuracy[d, c]:.2f} | "
-                   f"{res['macs'][d, c]:,.0f} | {res['params'][d, c]:,.0f} |")
-    files.write_atomic(os.path.join(out, "feasible.md"), "\n".join(lines) + "\n")
-  print(f"Best under {limits}: {choice['id']} (accuracy {100 * choice['accuracy']:.2f}%, "
-        f"{choice['macs']:,.0f} MACs, {choice['params']:,.0f} params) among "
-        f"{choice['feasible_count']} feasible; {label}: "
-        + (f"{depth_choice['id']} ({100 * depth_choice['accuracy']:.2f}%)" if depth_choice
-           else "none fits"), flush=True)
-  return record
+  return Selection(record, accuracy, res, ok)
 
 
-def run_trace_mode(config, workdir: str) -> dict:
-  """--mode=trace: the chosen sub-network per time step of a budget trace, vs depth-only."""
+def write_selection(workdir: str, sel: Selection) -> None:
+  """DIR/select.json and the Fig. 5 view (DIR/select/feasible.{png,md}); process 0 only."""
+  from dnn_jax import plots
+  if jax.process_index() != 0:
+    return
+  record, accuracy, res, ok = sel.record, sel.accuracy, sel.resources, sel.feasible
+  limits, depth_choice = record["limits"], record["depth_only"]
+  files.write_json(layout.select_record(workdir), record)
+  out = layout.select_dir(workdir)
+  os.makedirs(out, exist_ok=True)
+  plots.grid_heatmap(accuracy, os.path.join(out, "feasible.png"),
+                     f"accuracy (%) of sub-networks within {limits}", scale=100.0,
+                     fmt="{:.1f}" if accuracy.shape[1] <= 12 else "{:.0f}", mask=ok)
+  lines = [f"# Feasible sub-networks under {limits}", "",
+           f"Best DNNet sub-network: **{record['id']}** at {100 * record['accuracy']:.2f}% "
+           f"({record['macs']:,.0f} MACs). Best of the {record['depth_only_source']}: "
+           + (f"**{depth_choice['id']}** at {100 * depth_choice['accuracy']:.2f}%."
+              if depth_choice else "none fits."), "",
+           "| sub-network | accuracy (%) | MACs | params |", "|---|---|---|---|"]
+  for d, c in sorted(map(tuple, np.argwhere(ok)), key=lambda dc: -accuracy[dc]):
+    lines.append(f"| {subnet_id(d + 1, c + 1)} | {100 * accuracy[d, c]:.2f} | "
+                 f"{res['macs'][d, c]:,.0f} | {res['params'][d, c]:,.0f} |")
+  files.write_atomic(os.path.join(out, "feasible.md"), "\n".join(lines) + "\n")
+
+
+def run(config, workdir: str) -> dict:
+  """--mode=select: prints the choice under config.budget, writes DIR/select.json and the
+  Fig. 5 view (every feasible sub-network, DNNet vs depth-only) as markdown and PNG."""
+  sel = choose(config, workdir)
+  write_selection(workdir, sel)
+  r, depth_choice = sel.record, sel.record["depth_only"]
+  log(f"Best under {r['limits']}: {r['id']} (accuracy {100 * r['accuracy']:.2f}%, "
+      f"{r['macs']:,.0f} MACs, {r['params']:,.0f} params) among "
+      f"{r['feasible_count']} feasible; {r['depth_only_source']}: "
+      + (f"{depth_choice['id']} ({100 * depth_choice['accuracy']:.2f}%)" if depth_choice
+         else "none fits"))
+  return r
+
+
+def trace(config, workdir: str) -> dict:
+  """The chosen sub-network per time step of config.budget.trace, vs the depth-only choice,
+  with the mean accuracy and budget use of each."""
   if not config.budget.trace:
     raise UserError("config.budget.trace: give a JSON or CSV budget time series")
-  trace = read_trace(config.budget.trace)
+  budgets = read_trace(config.budget.trace)
   accuracy, res = _grids(config, workdir)
   d_acc, d_res, _ = _depth_only(config, accuracy, res)
   steps = []
-  for t, limits in enumerate(trace):
+  for t, limits in enumerate(budgets):
     row = {"step": t, "limits": limits}
     for label, acc, r, cols in (("dnn", accuracy, res, None),
                                 ("depth_only", d_acc, d_res, [d_acc.shape[1]])):
@@ -256,16 +273,27 @@ def run_trace_mode(config, workdir: str) -> dict:
                      "mean_utilisation": {k: mean(label, lambda c, k=k: c["utilisation"].get(k))
                                           for k in LIMITS if any(k in s["limits"] for s in steps)}}
              for label in ("dnn", "depth_only")}
-  record = {"steps": steps, "summary": summary}
-  if jax.process_index() == 0:
-    out = os.path.join(workdir, "trace")
-    os.makedirs(out, exist_ok=True)
-    files.write_json(os.path.join(out, "trace.json"), record)
-    _plot_trace(steps, os.path.join(out, "trace.png"))
-  print(f"Trace of {len(steps)} budgets: mean accuracy DNNet "
-        f"{_pct(summary['dnn']['mean_accuracy'])} vs depth-only "
-        f"{_pct(summary['depth_only']['mean_accuracy'])}; written to "
-        f"{os.path.join(workdir, 'trace')}", flush=True)
+  return {"steps": steps, "summary": summary}
+
+
+def write_trace(workdir: str, record: dict) -> None:
+  """DIR/trace/trace.{json,png}; process 0 only."""
+  if jax.process_index() != 0:
+    return
+  out = layout.trace_dir(workdir)
+  os.makedirs(out, exist_ok=True)
+  files.write_json(os.path.join(out, "trace.json"), record)
+  _plot_trace(record["steps"], os.path.join(out, "trace.png"))
+
+
+def run_trace_mode(config, workdir: str) -> dict:
+  """--mode=trace: the chosen sub-network per time step of a budget trace, vs depth-only."""
+  record = trace(config, workdir)
+  write_trace(workdir, record)
+  summary = record["summary"]
+  log(f"Trace of {len(record['steps'])} budgets: mean accuracy DNNet "
+      f"{_pct(summary['dnn']['mean_accuracy'])} vs depth-only "
+      f"{_pct(summary['depth_only']['mean_accuracy'])}; written to {layout.trace_dir(workdir)}")
   return record
 
 

@@ -13,10 +13,6 @@ def _names(path) -> list[str]:
   return [getattr(p, "key", str(p)) for p in path]
 
 
-def _index(name: str) -> int:
-  return int(name.rsplit("_", 1)[1])
-
-
 def slice_variables(variables: dict, num_groups: int, depth: int, width: int, *,
                     only_last_exit: bool = False) -> dict:
   """Keeps blocks < depth, exits <= depth and, in every layer, the channels of groups 1..width.
@@ -29,19 +25,18 @@ def slice_variables(variables: dict, num_groups: int, depth: int, width: int, *,
     raise ValueError(f"width {width} is outside 1..{num_groups}")
 
   def keep(name: str) -> bool:
-    if name.startswith("block_"):
-      return _index(name) < depth
-    if name.startswith("exit_"):
-      return _index(name) == depth if only_last_exit else _index(name) <= depth
-    return True
+    if models.is_exit(name):
+      return models.first_exit(name) == depth if only_last_exit else \
+          models.first_exit(name) <= depth
+    return models.first_exit(name) <= depth  # Blocks feeding exits up to `depth`; the stem.
 
   def cut(path, x):
     names = _names(path)
     top = names[0]
-    if top.startswith("exit_"):
+    if models.is_exit(top):
       return x[:width]  # kernel G x D x K, bias G x K
     if names[-1] == "kernel" and x.ndim == 4:  # HWIO conv kernel
-      cin = x.shape[2] if top == "stem" else x.shape[2] * width // num_groups
+      cin = x.shape[2] if top == models.STEM else x.shape[2] * width // num_groups
       return x[:, :, :cin, :x.shape[3] * width // num_groups]
     return x[:x.shape[0] * width // num_groups]  # per-channel BN scale/bias/mean/var
 

@@ -1,15 +1,9 @@
-"""XLA flags the command line sets by default, from measurements (BENCHMARKS.md).
+"""XLA flags the command line sets by default, from measurements.
 
-JAX 0.10's CPU backend runs convolutions through YNNPACK. On this project's 2-core CPU its
-train step spends over half its op time in kernel-gradient convolutions (a window as large
-as the feature map) and activation transposes (benchmarks/profile_step.py). Routing
-convolutions back to XLA's Eigen runtime (YNNPACK keeps dots, elementwise ops and
-reductions) made the train step 1.2x faster at the CPU preset and 2.0x at the paper preset
-(with `models._masked`, which keeps the masked kernel gradients out of YNNPACK fusions), and
-the all-exit grid evaluation cheaper (BENCHMARKS.md). Batch-1 latency showed no
-gain (10-16% slower in two comparisons, within the run-to-run spread in a third), so only
-training and evaluation get the flag. `benchmarks/cpu_conv_paths.py` times the network's
-convolutions under each conv path XLA:CPU offers; rerun it before adding a jaxlib version.
+On jaxlib 0.10's CPU backend, convolutions go to XLA's Eigen runtime instead of YNNPACK: the
+train step and the grid evaluation are faster, batch-1 latency is not, so only training and
+evaluation get the flag (numbers: BENCHMARKS.md, "XLA:CPU convolution flag"; rerun
+`benchmarks/cpu_conv_paths.py` before adding a jaxlib version).
 
 XLA reads XLA_FLAGS once, when JAX first creates its backends, and aborts on a flag it does
 not know: the default is applied only before that, only on the jaxlib versions it was measured

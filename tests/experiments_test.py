@@ -95,6 +95,8 @@ def test_shipped_model_evaluates_a_test_image_folder(tmp_path):
   assert os.path.exists(workdir / "eval" / "accuracy.png")
 
 
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHIPPED_MODEL, "checkpoints")),
+                    reason="results/cifar10_cpu/model is not in this checkout")
 def test_shipped_model_selects_exports_and_counts_without_any_data(tmp_path):
   """select / export / resources read the model from the checkpoint: no data set needed."""
   from dnn_jax import main

@@ -92,6 +92,16 @@ def test_tfds_source_under_mock_data(tiny_config, tmp_path):
   assert summary["final_step"] == 3 and record["num_examples"] == 70
 
 
+def test_tfds_description_comes_from_the_dataset_info(tiny_config, tmp_path):
+  tiny_config.data.source, tiny_config.data.tfds_data_dir = "tfds", str(tmp_path)  # Not built.
+  tiny_config.data.name = "cifar10"
+  # Unprepared, the builder's code still declares the features (cifar10's class names are
+  # read from the data when it is prepared; until then they are the label ids).
+  assert input_pipeline.describe(tiny_config.data) == ((32, 32, 3), tuple("0123456789"))
+  tiny_config.data.name = "svhn_cropped"
+  assert input_pipeline.describe(tiny_config.data) == ((32, 32, 3), tuple("0123456789"))
+
+
 def test_tfds_missing_data_says_how_to_prepare_it(tiny_config, tmp_path):
   tiny_config.data.source, tiny_config.data.name = "tfds", "svhn_cropped"
   tiny_config.data.tfds_data_dir = str(tmp_path)

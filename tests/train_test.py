@@ -8,11 +8,16 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
 from dnn_jax import evaluate
+from dnn_jax import losses
+from dnn_jax import optimizer
+from dnn_jax import state as state_lib
 from dnn_jax import train
+from dnn_jax.errors import UserError
 from tests.conftest import ROOT
 
 
@@ -26,87 +31,50 @@ def _restore_params(workdir, step):
   return ocp.StandardCheckpointer().restore(path)["params"]
 
 
-def test_lambda_schemes():
-  cfg = train.ml_collections.ConfigDict({"lambda_scheme": "uniform", "lambda_grid": ()})
-  np.testing.assert_array_equal(train.lambda_grid(cfg, 3, 2), np.ones((3, 2)))
-  cfg.lambda_scheme = "linear"
-  lam = train.lambda_grid(cfg, 3, 2)
-  assert lam[-1, -1] == lam.max() and lam[0, 0] == lam.min()
-  cfg.lambda_scheme = "anchored"
-  lam = train.lambda_grid(cfg, 3, 2)
-  assert lam[-1, -1] == lam.sum() / 2 and np.all(lam[:-1] == 1)
-  cfg.lambda_scheme = "final"
-  assert train.lambda_grid(cfg, 3, 2).sum() == 1 and train.lambda_grid(cfg, 3, 2)[-1, -1] == 1
-  cfg.lambda_scheme = "full_width"
-  np.testing.assert_array_equal(train.lambda_grid(cfg, 3, 2)[:, -1], 1)
-  cfg.lambda_scheme, cfg.lambda_grid = "explicit", ((0, 1), (2, 3), (4, 5))
-  np.testing.assert_array_equal(train.lambda_grid(cfg, 3, 2), np.arange(6).reshape(3, 2))
-
-
-def test_head_gradient_scale_turns_sums_into_means():
-  np.testing.assert_allclose(train.head_gradient_scale(np.ones((2, 3), np.float32)),
-                             [[2, 3, 6], [2, 3, 6]])
-  final = np.zeros((2, 3), np.float32)
-  final[-1, -1] = 1.0  # A plain network's loss: its one head is left as it is.
-  np.testing.assert_allclose(train.head_gradient_scale(final), [[0, 0, 0], [1, 1, 1]])
+def _captured_grads(config, loss_overrides):
+  """The gradients one train step hands the optimizer, under `loss_overrides`."""
+  from dnn_jax import input_pipeline, models
+  ds = input_pipeline.load_dataset(config.data)
+  setup = state_lib.make_setup(config, 10, 1)
+  tx = optimizer.create_optimizer(config.train, 0.0)
+  st = state_lib.init_state(setup.model, tx, jax.random.key(0), (8, 8, 1))
+  images, labels = ds.train.images[:32], ds.train.labels[:32]
+  loss_config = config.loss.copy_and_resolve_references()
+  loss_config.update(loss_overrides)
+  lam = losses.lambda_grid(loss_config, *models.grid_shape(config.model))
+  captured = {}
+  tx_capture = optax.GradientTransformation(
+      lambda p: (), lambda g, s, p=None: (captured.setdefault("g", g), s))
+  _, metrics = train.train_step(st.replace(tx=tx_capture, opt_state=()), images, labels,
+                                lam_LxG=lam, seed=0, data_config=config.data,
+                                loss_config=loss_config, log_group_grad_norms=True)
+  return captured["g"], lam, metrics
 
 
 def test_head_gradient_mean_scales_only_the_heads(tiny_config):
-  from dnn_jax import input_pipeline, models
-  ds = input_pipeline.load_dataset(tiny_config.data)
-  setup = train.make_setup(tiny_config, 10, 1)
-  lam = train.lambda_grid(tiny_config.loss, *models.grid_shape(tiny_config.model))
-  tx = train.create_optimizer(tiny_config.train, 0.0)  # Updates stay zero: compare grads.
-  state = train.init_state(setup.model, tx, jax.random.key(0), (8, 8, 1))
-  images, labels = ds.train.images[:32], ds.train.labels[:32]
-
-  def grads(mode):
-    tiny_config.loss.head_gradient = mode
-    captured = {}
-    tx_capture = train.optax.GradientTransformation(
-        lambda p: (), lambda g, s, p=None: (captured.setdefault("g", g), s))
-    st = state.replace(tx=tx_capture, opt_state=())
-    train.train_step(st, images, labels, lam_LxG=lam, seed=0, data_config=tiny_config.data,
-                     loss_config=tiny_config.loss)
-    return captured["g"]
-
-  g_sum, g_mean = grads("sum"), grads("mean")
-  scale = train.head_gradient_scale(lam)
+  g_sum, lam, _ = _captured_grads(tiny_config, {"head_gradient": "sum"})
+  g_mean, _, _ = _captured_grads(tiny_config, {"head_gradient": "mean"})
+  scale = losses.head_gradient_scale(lam)
   np.testing.assert_allclose(g_mean["exit_2"]["kernel"],
                              g_sum["exit_2"]["kernel"] * scale[1][:, None, None], rtol=1e-5)
   np.testing.assert_allclose(g_mean["block_1"]["conv1"]["kernel"],
                              g_sum["block_1"]["conv1"]["kernel"], rtol=1e-6)
 
 
-def test_joint_loss_is_the_lambda_weighted_mean_of_exit_losses():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(4, 3, 2, 5)).astype(np.float32)
-  labels = np.array([0, 1, 4, 2])
-  lam = np.array([[0, 1], [2, 3], [4, 5]], np.float32)
-  loss, ce = train.joint_loss(logits, labels, lam)
-  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  ce_ref = -np.take_along_axis(log_p, labels[:, None, None, None], -1)[..., 0].mean(0)
-  np.testing.assert_allclose(ce, ce_ref, rtol=1e-5)
-  np.testing.assert_allclose(loss, (lam * ce_ref).sum() / lam.sum(), rtol=1e-5)
-
-
-def test_distillation_term_matches_a_numpy_reference():
-  rng = np.random.default_rng(1)
-  logits = rng.normal(size=(4, 2, 3, 5)).astype(np.float32)
-  labels = np.array([0, 1, 4, 2])
-  lam = rng.uniform(0.5, 1.0, size=(2, 3)).astype(np.float32)
-  a, t = 0.3, 2.0
-  loss, ce = train.joint_loss(logits, labels, lam, distill_weight=a, distill_temperature=t)
-
-  def log_softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-  teacher = np.exp(log_softmax(logits[:, -1, -1] / t))[:, None, None]
-  kl = (teacher * (np.log(teacher) - log_softmax(logits / t))).sum(-1).mean(0) * t * t
-  per_exit = (1 - a) * np.asarray(ce) + a * kl
-  per_exit[-1, -1] = ce[-1, -1]
-  np.testing.assert_allclose(loss, (lam * per_exit).sum() / lam.sum(), rtol=1e-5)
+def test_trunk_gradient_mean_scales_the_trunk_by_output_group(tiny_config):
+  g_sum, lam, metrics = _captured_grads(tiny_config, {"head_gradient": "sum"})
+  g_eq, _, _ = _captured_grads(tiny_config, {"head_gradient": "mean", "trunk_gradient": "mean"})
+  trunk = losses.trunk_gradient_scale(lam)  # block_1 feeds exits 2..3: row 1.
+  np.testing.assert_allclose(g_eq["block_1"]["conv2"]["kernel"],
+                             g_sum["block_1"]["conv2"]["kernel"] * np.repeat(trunk[1], 4),
+                             rtol=1e-5)
+  np.testing.assert_allclose(g_eq["stem_bn"]["bias"],
+                             g_sum["stem_bn"]["bias"] * np.repeat(trunk[0], 4), rtol=1e-5)
+  # The logged per-group norms are those of the gradient the optimizer gets.
+  norms = losses.group_gradient_norms(g_sum, 2)
+  for kind in ("trunk", "head"):
+    np.testing.assert_allclose([metrics[f"grad_norm_{kind}_g{j}"] for j in (1, 2)],
+                               norms[kind], rtol=1e-6)
 
 
 def test_training_lowers_the_loss_and_writes_its_outputs(tiny_config, tmp_path):
@@ -155,6 +123,24 @@ def test_same_seed_same_run_and_resume_equals_uninterrupted(tiny_config, tmp_pat
   # A finished run is not trained further by the same command.
   c = train.train_and_evaluate(tiny_config, full)
   assert c["resumed_from_step"] == 20 and c["params_sha256"] == a["params_sha256"]
+
+
+def test_adaptive_weighting_keeps_running_exit_losses_across_a_resume(tiny_config, tmp_path):
+  tiny_config.loss.adaptive_weight, tiny_config.loss.adaptive_decay = 0.5, 0.5
+  tiny_config.train.num_steps = 10
+  full = str(tmp_path / "full")
+  a = train.train_and_evaluate(tiny_config, full)
+  ema = ocp.StandardCheckpointer().restore(os.path.join(full, "checkpoints", "10", "state"))
+  ema = np.asarray(ema["loss_ema"])
+  assert ema.shape == (3, 2) and np.all(ema > 0) and not np.allclose(ema, 1.0)
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(os.path.join(full, "checkpoints", "5"),
+                  os.path.join(resumed, "checkpoints", "5"))
+  b = train.train_and_evaluate(tiny_config, resumed)
+  assert b["resumed_from_step"] == 5 and b["params_sha256"] == a["params_sha256"]
+  tiny_config.loss.adaptive_weight = 0.0  # The checkpoint's state has the running losses.
+  with pytest.raises(UserError, match="loss.adaptive_weight=0.5 \\(saved\\) vs 0.0"):
+    train.train_and_evaluate(tiny_config, resumed)
 
 
 def test_checkpoint_round_trip_restores_every_array(tiny_config, tmp_path):

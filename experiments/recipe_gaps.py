@@ -1,0 +1,111 @@
+"""The recipe study's table and plot: every DNNet recipe of RUNS against the networks trained
+alone at one width (RUNS/plain_w<k>), at full depth, one schedule length.
+
+  python experiments/recipe_gaps.py RUNS OUT_PREFIX
+  # e.g. runs/recipe5 results/cifar10_cpu/recipe_study_5ep -> OUT_PREFIX.{json,md,png}
+
+Each recipe's loss and optimizer fields are read from the config saved with its checkpoint.
+"""
+
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+from dnn_jax import checkpointing
+from dnn_jax import files
+from dnn_jax import plots
+from dnn_jax import workdir as layout
+
+RECIPE_FIELDS = {"loss": ("lambda_scheme", "head_gradient", "trunk_gradient", "distill_weight",
+                          "distill_teacher", "boosted", "adaptive_weight"),
+                 "train": ("optimizer", "learning_rate", "weight_decay", "num_epochs")}
+
+
+def _run(workdir: str) -> dict:
+  grid = layout.read_eval_grid(workdir)
+  summary = layout.read_json(layout.train_summary(workdir))
+  saved = checkpointing.load_saved(workdir).config
+  acc = np.array(grid["accuracy"])
+  return {"full_depth_by_width": acc[-1].round(4).tolist(),
+          "full_width_by_depth": acc[:, -1].round(4).tolist(),
+          "grid_mean": round(float(acc.mean()), 4), "full_exit": float(acc[-1, -1]),
+          "seed": saved.seed, "causal": saved.model.causal,
+          "recipe": {f"{part}.{k}": saved[part][k] for part, keys in RECIPE_FIELDS.items()
+                     for k in keys},
+          "final_step": summary["final_step"], "wall_seconds_last_leg": summary["wall_seconds"],
+          "resumed_from_step": summary["resumed_from_step"],
+          "params_sha256": summary["params_sha256"], "xla_flags": summary.get("xla_flags"),
+          "split": grid["split"], "num_examples": grid["num_examples"]}
+
+
+def main(runs: str, out: str) -> dict:
+  done = {n: os.path.join(runs, n) for n in sorted(os.listdir(runs))
+          if os.path.exists(layout.eval_grid(os.path.join(runs, n)))
+          and os.path.exists(layout.train_summary(os.path.join(runs, n)))}
+  alone, recipes = {}, {}
+  for name, workdir in done.items():
+    m = re.fullmatch(r"plain_w(\d+)", name)
+    if m:
+      alone[int(m.group(1))] = _run(workdir)
+    else:
+      recipes[name] = _run(workdir)
+  if not recipes:
+    sys.exit(f"{runs}: no finished DNNet run")
+  widths = len(next(iter(recipes.values()))["full_depth_by_width"])
+  for r in recipes.values():
+    r["gap_by_width"] = [None if w + 1 not in alone else
+                         round(alone[w + 1]["full_exit"] - r["full_depth_by_width"][w], 4)
+                         for w in range(widths)]
+  record = {"alone": {str(k): v for k, v in sorted(alone.items())}, "recipes": recipes}
+  files.write_json(out + ".json", record)
+
+  order = sorted(recipes, key=lambda n: -recipes[n]["grid_mean"])
+  cols = " | ".join(str(w + 1) for w in range(widths))
+  lines = [f"# Recipe study: full depth, accuracy (%) by width ({runs})", "",
+           f"| run | grid mean | full depth, widths {cols} |", "|---" * (widths + 2) + "|"]
+  for k, v in sorted(alone.items()):
+    cells = ["" for _ in range(widths)]
+    cells[k - 1] = f"{100 * v['full_exit']:.1f}"
+    lines.append(f"| plain_w{k} (trained alone at width {k}) | | " + " | ".join(cells) + " |")
+  for n in order:
+    r = recipes[n]
+    lines.append(f"| {n} | {100 * r['grid_mean']:.1f} | "
+                 + " | ".join(f"{100 * a:.1f}" for a in r["full_depth_by_width"]) + " |")
+  lines += ["", "Gap to the network trained alone at that width (points; blank: not trained):",
+            "", f"| run | {cols} |", "|---" * (widths + 1) + "|"]
+  for n in order:
+    lines.append(f"| {n} | " + " | ".join("" if g is None else f"{100 * g:.1f}"
+                                          for g in recipes[n]["gap_by_width"]) + " |")
+  lines += ["", "| run | recipe (saved config) | seed | steps | wall (s, last leg) |",
+            "|---|---|---|---|---|"]
+  for n in order + [f"plain_w{k}" for k in sorted(alone)]:
+    r = recipes.get(n) or alone[int(n[7:])]
+    recipe = ", ".join(f"{k}={v}" for k, v in r["recipe"].items())
+    lines.append(f"| {n} | {recipe} | {r['seed']} | {r['final_step']} | "
+                 f"{r['wall_seconds_last_leg']:.0f} |")
+  files.write_atomic(out + ".md", "\n".join(lines) + "\n")
+
+  fig = plots.figure(figsize=(7, 4.5))
+  ax = fig.subplots()
+  xs = [w for w in range(1, widths + 1) if w in alone]
+  for n in order:
+    gaps = recipes[n]["gap_by_width"]
+    ax.plot(xs, [100 * gaps[w - 1] for w in xs], marker="o", label=n)
+  ax.axhline(0, color="k", linewidth=0.8)
+  ax.set_xlabel("width (channel groups), full depth")
+  ax.set_ylabel("gap to the network trained alone (points)")
+  ax.set_xticks(xs)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  plots.save(fig, out + ".png")
+  print("\n".join(lines))
+  return record
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 3 or not os.path.isdir(sys.argv[1]):
+    sys.exit("usage: recipe_gaps.py RUNS_DIR OUT_PREFIX")
+  main(sys.argv[1], sys.argv[2])

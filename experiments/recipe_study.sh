@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The training-recipe study on the shared CIFAR-10 JPEG data (configs/cifar10_cpu.py): every
+# recipe and the separately trained widths it is compared with, at one schedule length.
+# Usage: experiments/recipe_study.sh RUNS_DIR EPOCHS SEED [NAME ...]
+# (resumable: rerun the same command; a finished run is skipped). Table and plot:
+#   python experiments/summarize_runs.py RUNS_DIR results/cifar10_cpu/recipe_study_<E>ep
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:?usage: $0 RUNS_DIR EPOCHS SEED [NAME ...]}
+epochs=${2:?missing EPOCHS}
+seed=${3:?missing SEED}
+shift 3
+dnn=(--config=configs/cifar10_cpu.py)
+# Every DNNet recipe below starts from the same baseline (the config's own recipe reset), so a
+# change of the config's defaults does not change what a name means.
+base=(--config.loss.lambda_scheme=uniform --config.loss.head_gradient=sum
+      --config.loss.trunk_gradient=sum --config.loss.distill_weight=0
+      --config.loss.distill_teacher=full_exit --config.loss.boosted=False
+      --config.train.optimizer=sgd)
+declare -A recipes=(
+  # Today's shipped recipe (the anchored weighting with head-gradient means): the reference.
+  [anchored_headmean]="${dnn[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean"
+  # Gradient equilibrium over the trunk too (losses.trunk_gradient_scale).
+  [uniform_eq]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean"
+  [anchored_eq]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean"
+  [sandwich_eq]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=sandwich --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean"
+  [sandwich_headmean]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=sandwich --config.loss.head_gradient=mean"
+  # US-Nets in-place distillation: every narrower exit learns the widest exit of its depth.
+  [uniform_eq_distill]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.distill_weight=1 --config.loss.distill_teacher=widest_at_depth"
+  [uniform_eq_boosted]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.boosted=True"
+  # Adaptive steps: AdamW (decoupled weight decay 0.05, lr 2e-3).
+  [uniform_adamw]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.train.optimizer=adamw --config.train.learning_rate=0.002 --config.train.weight_decay=0.05"
+  [anchored_adamw]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.train.optimizer=adamw --config.train.learning_rate=0.002 --config.train.weight_decay=0.05"
+  # Networks trained alone at one width (the gap's other side), same schedule.
+  [plain_w1]="--config=configs/baseline.py:cifar10_cpu,plain,1"
+  [plain_w2]="--config=configs/baseline.py:cifar10_cpu,plain,2"
+  [plain_w4]="--config=configs/baseline.py:cifar10_cpu,plain,4"
+  [plain_w6]="--config=configs/baseline.py:cifar10_cpu,plain,6"
+  [plain_w8]="--config=configs/baseline.py:cifar10_cpu,plain"
+)
+names=("$@")
+[ ${#names[@]} -gt 0 ] || { echo "names: ${!recipes[*]}"; exit 2; }
+for name in "${names[@]}"; do
+  [ -n "${recipes[$name]:-}" ] || { echo "unknown recipe: $name" >&2; exit 2; }
+  if [ -f "$runs/$name/eval/grid.json" ]; then echo "done: $name"; continue; fi
+  echo "=== $name: ${recipes[$name]} ($(date -u +%FT%TZ))"
+  # shellcheck disable=SC2086
+  python -m dnn_jax.main ${recipes[$name]} --config.train.num_epochs="$epochs" \
+      --config.seed="$seed" --workdir="$runs/$name"
+done
