@@ -156,6 +156,7 @@ def fig5_record(runs: str, budget_macs: float | None = None) -> dict:
   if os.path.exists(layout.eval_grid(depth_dir)):
     depth_acc = np.array(_eval_grid(depth_dir)["accuracy"])[:, -1]
     depth_macs = _saved(depth_dir)[1][:, -1]
+    # A depth-only exit is named by its depth alone.
     feasible = [{"id": f"D{d + 1}", "accuracy": float(a), "macs": int(m)}
                 for d, (a, m) in enumerate(zip(depth_acc, depth_macs)) if m <= budget]
     record["depth_only"] = {"best": max(feasible, key=lambda r: r["accuracy"], default=None),

@@ -92,7 +92,7 @@ def run(config, workdir: str) -> dict:
   model = setup.model
   if not (1 <= depth <= model.num_exits and 1 <= width <= model.num_groups):
     field = "config.export.subnet" if e.subnet else "config.export.depth/width"
-    raise UserError(f"{field}: D{depth}W{width} is outside the grid of the checkpoint's "
+    raise UserError(f"{field}: {subnetwork.subnet_id(depth, width)} is outside the grid of the checkpoint's "
                     f"{model.num_exits} depths x {model.num_groups} widths")
   grid = resources.analytic_grid(model, image_shape, len(class_names))
   meta = {"class_names": class_names, "checkpoint_step": int(step),

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from dnn_jax import models
+from dnn_jax.subnetwork import subnet_id
 
 
 def _conv(x, kernel, c0, c1, cpg_in, cpg_out, stride, dtype, grouped_input=True):
@@ -134,11 +135,11 @@ class Refiner:
   def refine(self, depth: int, width: int) -> jax.Array:
     """Logits_BxK of sub-network (depth, width); neither may shrink along the path."""
     if not (1 <= depth <= self.model.num_exits and 1 <= width <= self.model.num_groups):
-      raise ValueError(f"D{depth}W{width} is outside the grid of {self.model.num_exits} "
+      raise ValueError(f"{subnet_id(depth, width)} is outside the grid of {self.model.num_exits} "
                        f"depths x {self.model.num_groups} widths")
     if depth < self.depth or width < self.width:
-      raise ValueError(f"cannot refine from D{self.depth}W{self.width} to D{depth}W{width}: "
-                       "depth and width can only grow")
+      raise ValueError(f"cannot refine from {subnet_id(self.depth, self.width)} to "
+                       f"{subnet_id(depth, width)}: depth and width can only grow")
     if width > self.width and self.depth:
       self.acts, self.mids, self.sums = self._widen_fn(
           self.variables, self.images, self.acts, self.mids, self.sums, self.depth, self.width,

@@ -16,7 +16,7 @@ dnn=(--config=configs/cifar10_cpu.py)
 base=(--config.loss.lambda_scheme=uniform --config.loss.head_gradient=sum
       --config.loss.trunk_gradient=sum --config.loss.distill_weight=0
       --config.loss.distill_teacher=full_exit --config.loss.boosted=False
-      --config.train.optimizer=sgd)
+      --config.loss.adaptive_weight=0 --config.train.optimizer=sgd)
 declare -A recipes=(
   # Today's shipped recipe (the anchored weighting with head-gradient means): the reference.
   [anchored_headmean]="${dnn[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean"
@@ -28,6 +28,10 @@ declare -A recipes=(
   # US-Nets in-place distillation: every narrower exit learns the widest exit of its depth.
   [uniform_eq_distill]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.distill_weight=1 --config.loss.distill_teacher=widest_at_depth"
   [uniform_eq_boosted]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.boosted=True"
+  # Adaptive loss balancing (Hu et al.): each exit's weight times a mix of 1 and its inverse
+  # running-mean loss.
+  [uniform_eq_adaptive]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.adaptive_weight=0.5"
+  [anchored_adaptive]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.loss.adaptive_weight=1"
   # Adaptive steps: AdamW (decoupled weight decay 0.05, lr 2e-3).
   [uniform_adamw]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.train.optimizer=adamw --config.train.learning_rate=0.002 --config.train.weight_decay=0.05"
   [anchored_adamw]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.train.optimizer=adamw --config.train.learning_rate=0.002 --config.train.weight_decay=0.05"
