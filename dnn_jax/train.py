@@ -50,7 +50,8 @@ def _check_writable(workdir: str) -> None:
 
 
 class _StopSignals:
-  """Turns SIGTERM/SIGINT into a flag the training loop checks after every step."""
+  """Turns SIGTERM, SIGINT and SIGHUP (a dropped terminal or ssh session) into a flag the
+  training loop checks after every step."""
 
   def __init__(self):
     self.signum = None
@@ -58,7 +59,7 @@ class _StopSignals:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 

@@ -27,6 +27,8 @@ declare -A recipes=(
   [sandwich_headmean]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=sandwich --config.loss.head_gradient=mean"
   # US-Nets in-place distillation: every narrower exit learns the widest exit of its depth.
   [uniform_eq_distill]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.distill_weight=1 --config.loss.distill_teacher=widest_at_depth"
+  # The same with the teachers (each depth's widest exit) carrying a quarter of each depth.
+  [sandwich_eq_distill]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=sandwich --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.distill_weight=1 --config.loss.distill_teacher=widest_at_depth"
   [uniform_eq_boosted]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.boosted=True"
   # Adaptive loss balancing (Hu et al.): each exit's weight times a mix of 1 and its inverse
   # running-mean loss.
