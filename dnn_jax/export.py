@@ -92,8 +92,8 @@ def run(config, workdir: str) -> dict:
   model = setup.model
   if not (1 <= depth <= model.num_exits and 1 <= width <= model.num_groups):
     field = "config.export.subnet" if e.subnet else "config.export.depth/width"
-    raise UserError(f"{field}: {subnetwork.subnet_id(depth, width)} is outside the grid of the checkpoint's "
-                    f"{model.num_exits} depths x {model.num_groups} widths")
+    raise UserError(f"{field}: {subnetwork.subnet_id(depth, width)} is outside the grid of "
+                    f"the checkpoint's {model.num_exits} depths x {model.num_groups} widths")
   grid = resources.analytic_grid(model, image_shape, len(class_names))
   meta = {"class_names": class_names, "checkpoint_step": int(step),
           **{k: int(v[depth - 1, width - 1]) for k, v in grid.items()}}
@@ -109,5 +109,5 @@ def run(config, workdir: str) -> dict:
   manifest = export_subnetwork(model, jax.device_get(variables), depth, width, image_shape, out,
                                meta) if jax.process_index() == 0 else None
   log(f"Exported {subnetwork.subnet_id(depth, width)} ({meta['macs']:,} MACs, "
-            f"{meta['params']:,} parameters) to {out}")
+      f"{meta['params']:,} parameters) to {out}")
   return manifest

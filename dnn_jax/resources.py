@@ -58,8 +58,8 @@ def conv_layers(model: models.DNNet, image_shape) -> list[ConvLayer]:
     cin_c = np.full(g, cin) if names[0] == models.STEM else cin * widths // g
     cout_c = cout * widths // g
     unmasked = np.array([mask[:i, :o].sum() for i, o in zip(cin_c, cout_c)], np.int64)
-    layers.append(ConvLayer(names, models.first_exit(names[0]), kh * kw, out.shape[1] * out.shape[2],
-                            unmasked, cout_c))
+    layers.append(ConvLayer(names, models.first_exit(names[0]), kh * kw,
+                            out.shape[1] * out.shape[2], unmasked, cout_c))
   return layers
 
 

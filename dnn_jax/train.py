@@ -249,7 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           flush(done)
           save(done)
         if config.train.eval_every_steps and done % config.train.eval_every_steps == 0:
-          grid = setup.accuracy_grid(state_lib.variables(state), dataset.eval, config.eval.batch_size)
+          grid = setup.accuracy_grid(state_lib.variables(state), dataset.eval,
+                                     config.eval.batch_size)
           writer.write_scalars(done, {"eval_full_exit_accuracy": grid[-1, -1],
                                       "eval_mean_exit_accuracy": grid.mean()})
           log(f"eval at step {done}: full exit {grid[-1, -1]:.4f}, grid mean {grid.mean():.4f}")
@@ -263,7 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   wall = time.time() - t_start
   summary = {"final_step": int(jax.device_get(state.step)), "wall_seconds": round(wall, 2),
-             "resumed_from_step": start_step, "params_sha256": state_lib.params_sha256(state.params),
+             "resumed_from_step": start_step,
+             "params_sha256": state_lib.params_sha256(state.params),
              "num_params": n_params, "devices": jax.device_count(),
              "processes": jax.process_count(), "backend": jax.default_backend(),
              "xla_flags": xla_flags.current()}

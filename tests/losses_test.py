@@ -45,7 +45,8 @@ def test_validation_reads_the_scheme_table(tiny_config):
   tiny_config.loss.lambda_scheme = "sandwich"
   config_validation.validate(tiny_config, check_paths=False)
   tiny_config.loss.lambda_scheme = "nope"
-  with pytest.raises(ConfigError, match="loss.lambda_scheme: 'nope' is not one of uniform, .*sandwich"):
+  with pytest.raises(ConfigError,
+                     match="loss.lambda_scheme: 'nope' is not one of uniform, .*sandwich"):
     config_validation.validate(tiny_config, check_paths=False)
 
 

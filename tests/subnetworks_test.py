@@ -20,7 +20,9 @@ from dnn_jax import subnetwork
 from dnn_jax import train
 from dnn_jax.errors import UserError
 from tests.conftest import ROOT
-from tests.helpers import images as _images, model_config as _model_config, random_variables as _random_variables
+from tests.helpers import images as _images
+from tests.helpers import model_config as _model_config
+from tests.helpers import random_variables as _random_variables
 
 
 def _paper_model():
