@@ -34,10 +34,6 @@ from dnn_jax.metric_writers import log
 from dnn_jax.subnetwork import subnet_id
 
 
-def _eval_grid(workdir: str) -> dict:
-  return layout.read_eval_grid(workdir)
-
-
 def _saved(workdir: str):
   """(saved config, analytic MAC grid) of a workdir's trained network."""
   saved = checkpointing.load_saved(workdir)
@@ -60,7 +56,7 @@ FIG4_LABELS = {"dnn": "DNNet (one network)", "full_training": "full training (on
 
 def fig4_record(runs: str, fine_tune_epochs: int = 30) -> dict:
   """Accuracy vs width at full depth: DNNet, full training, brute-force slicing, fine-tuning."""
-  dnn = _eval_grid(os.path.join(runs, "dnn"))
+  dnn = layout.read_eval_grid(os.path.join(runs, "dnn"))
   widths = len(dnn["widths"])
   record = {"split": dnn["split"], "num_examples": dnn["num_examples"],
             "widths": dnn["widths"], "dnn": list(dnn["accuracy"][-1])}
@@ -68,7 +64,7 @@ def fig4_record(runs: str, fine_tune_epochs: int = 30) -> dict:
   for name in sorted(os.listdir(runs)):
     m = re.fullmatch(r"plain_w(\d+)", name)
     if m and os.path.exists(layout.eval_grid(os.path.join(runs, name))):
-      full[int(m.group(1))] = _eval_grid(os.path.join(runs, name))["accuracy"][-1][-1]
+      full[int(m.group(1))] = layout.read_eval_grid(os.path.join(runs, name))["accuracy"][-1][-1]
   record["full_training"] = [full.get(w) for w in range(1, widths + 1)]
   # The plain network whose MACs are closest to the DNNet's full exit: "same cost".
   record["dnn_full_macs"] = int(_saved(os.path.join(runs, "dnn"))[1][-1, -1])
@@ -144,7 +140,7 @@ def fig5_record(runs: str, budget_macs: float | None = None) -> dict:
   """Every feasible sub-network under a MAC budget: DNNet vs the depth-only network."""
   dnn_dir, depth_dir = os.path.join(runs, "dnn"), os.path.join(runs, "depth_only")
   _, dnn_macs = _saved(dnn_dir)
-  dnn_grid = _eval_grid(dnn_dir)
+  dnn_grid = layout.read_eval_grid(dnn_dir)
   dnn_acc = np.array(dnn_grid["accuracy"])
   budget = budget_macs or float(dnn_macs[-1, -1]) / 3
   record = {"budget_macs": budget, "split": dnn_grid["split"],
@@ -154,7 +150,7 @@ def fig5_record(runs: str, budget_macs: float | None = None) -> dict:
       {"id": subnet_id(d + 1, c + 1), "accuracy": float(dnn_acc[d, c]),
        "macs": int(dnn_macs[d, c])} for d, c in np.argwhere(dnn_macs <= budget)]}
   if os.path.exists(layout.eval_grid(depth_dir)):
-    depth_acc = np.array(_eval_grid(depth_dir)["accuracy"])[:, -1]
+    depth_acc = np.array(layout.read_eval_grid(depth_dir)["accuracy"])[:, -1]
     depth_macs = _saved(depth_dir)[1][:, -1]
     # A depth-only exit is named by its depth alone.
     feasible = [{"id": f"D{d + 1}", "accuracy": float(a), "macs": int(m)}
@@ -210,7 +206,7 @@ def fig5(runs: str, out: str, budget_macs: float | None = None) -> dict:
 def grid_record(runs: str) -> dict:
   """The DNNet's accuracy grid next to its MAC grid."""
   dnn_dir = os.path.join(runs, "dnn")
-  acc = _eval_grid(dnn_dir)
+  acc = layout.read_eval_grid(dnn_dir)
   _, macs = _saved(dnn_dir)
   return {"split": acc["split"], "num_examples": acc["num_examples"],
           "accuracy": acc["accuracy"], "macs": macs.tolist()}

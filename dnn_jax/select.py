@@ -101,11 +101,6 @@ def pareto_front(accuracy, resources: dict, keys=("macs",)) -> list[dict]:
   return sorted(front, key=lambda r: r[keys[0]])
 
 
-def load_grid(path: str, key: str, shape: tuple[int, int]) -> np.ndarray:
-  """Reads `key` of a grid JSON and checks it is depths x widths."""
-  return layout.grid_array(layout.read_json(path), key, shape, path)
-
-
 def read_trace(path: str) -> list[dict]:
   """A budget time series: JSON list of {limit: value} objects, or CSV with limit columns."""
   if not os.path.exists(path):
