@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   r.batch_size = 128  # the second latency batch (the first is 1)
   r.warmup = 2  # untimed runs before timing
   r.repeats = 5  # timed runs; the median is reported
+  # The runtime the latency grid is timed in: jax | onnxruntime | iree | litert (runtimes.py;
+  # all but jax need their export extra). --mode=select's budget.latency_ms ranks by it.
+  r.runtime = "jax"
 
   c.budget = b = ml_collections.ConfigDict()  # --mode=select / --mode=trace; unset = no limit
   b.macs = config_dict.placeholder(float)  # multiply-accumulates per image
@@ -108,10 +111,17 @@ def base_config() -> ml_collections.ConfigDict:
   b.trace = ""  # --mode=trace: JSON list of {limit: value} or CSV with limit columns
   b.compare_workdir = ""  # a depth-only network's workdir to compare with ("" = full-width column)
 
+  c.anytime = a = ml_collections.ConfigDict()  # --mode=anytime (anytime.py)
+  a.budgets = 12  # average-MAC budgets, geometric from the smallest to the full network
+  a.timing_images = 16  # images timed one by one through the Refiner (0: no timing check)
+
   c.export = e = ml_collections.ConfigDict()  # --mode=export
   e.subnet = ""  # e.g. "D14W12"; or set depth and width
   e.depth = 0
   e.width = 0
+  e.format = "stablehlo"  # comma-separated: stablehlo, onnx, tflite (export.py)
+  e.tflite_batch_sizes = "1"  # tflite: one static-batch file per size, e.g. "1,32"
+  e.dir = ""  # "" = DIR/export/<id>
   return c
 
 

@@ -150,7 +150,22 @@ def validate(config, device_count: int | None = None, check_paths: bool = True) 
       parse_subnet_id(config.export.subnet)
     except ValueError as e:
       raise ConfigError(f"config.export.subnet: {e}") from e
+  _require(isinstance(config.anytime.budgets, int) and config.anytime.budgets >= 2,
+           "anytime.budgets", f"{config.anytime.budgets} must be an integer >= 2")
+  _positive_ints(config.anytime.timing_images, "anytime.timing_images", allow_zero=True)
+  from dnn_jax.export import FORMATS, parse_formats
+  try:
+    parse_formats(str(config.export.format))
+  except ValueError as e:
+    raise ConfigError(f"config.export.format: {e}; choose from {', '.join(FORMATS)} "
+                      "(comma-separated)") from e
+  sizes = [b.strip() for b in str(config.export.tflite_batch_sizes).split(",")]
+  _require(all(b.isdigit() and int(b) > 0 for b in sizes), "export.tflite_batch_sizes",
+           f"{config.export.tflite_batch_sizes!r} is not a comma-separated list of positive "
+           "integers")
   _positive_ints(config.resources.batch_size, "resources.batch_size")
+  from dnn_jax.runtimes import RUNTIMES
+  _one_of(config.resources.runtime, "resources.runtime", RUNTIMES)
   _positive_ints(config.resources.repeats, "resources.repeats")
 
   _positive_ints(config.eval.batch_size, "eval.batch_size")

@@ -11,7 +11,7 @@ from ml_collections import config_flags
 from dnn_jax import xla_flags
 from dnn_jax.errors import RunError, TrainingInterrupted, UserError
 
-MODES = ("train", "eval", "resources", "select", "trace", "export")
+MODES = ("train", "eval", "resources", "select", "trace", "export", "anytime")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -21,7 +21,7 @@ _MODE = flags.DEFINE_enum(
     "train: train (resuming from DIR), then evaluate; eval: evaluate the latest checkpoint; "
     "resources: MACs/params/memory/latency of every sub-network; select: best sub-network "
     "under config.budget; trace: choices over a budget time series; export: one sub-network "
-    "as StableHLO.")
+    "for deployment (config.export.format); anytime: per-image anytime inference curves.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "detect", ("detect", "off", "auto", "explicit"),
     "Multi-host: auto = jax.distributed.initialize() from the cluster environment (Cloud TPU "
@@ -74,6 +74,10 @@ def run(config, workdir: str, mode: str):
     return train.train_and_evaluate(config, workdir)["eval"]
   if mode == "eval":
     return evaluate.evaluate(config, workdir)
+  if mode == "anytime":  # Reads the data, like eval.
+    from dnn_jax import anytime
+    config_validation.validate(config)
+    return anytime.run(config, workdir)
   config_validation.validate(config, check_paths=False)
   if mode == "resources":
     return resources.run(config, workdir)

@@ -218,11 +218,17 @@ def group_pad_shortcut(x_BxHxWxC: jax.Array, features: int, num_groups: int,
 
   Padding per group (not at the end of the channel axis) keeps old group k in new group k.
   """
-  x = x_BxHxWxC[:, ::strides, ::strides, :]
-  b, h, w, c = x.shape
-  x = x.reshape(b, h, w, num_groups, c // num_groups)
-  x = jnp.pad(x, ((0, 0),) * 4 + ((0, features // num_groups - c // num_groups),))
-  return x.reshape(b, h, w, features)
+  # Strided slices rather than x[:, ::s, ::s]: with a symbolic batch (exported programs) the
+  # indexing form lowers to a dynamic gather, which IREE does not compile.
+  x = jax.lax.slice_in_dim(x_BxHxWxC, 0, None, stride=strides, axis=1)
+  x = jax.lax.slice_in_dim(x, 0, None, stride=strides, axis=2)
+  cin = x.shape[-1] // num_groups
+  extra = features // num_groups - cin
+  # Group by group rather than through a B x H x W x G x C/G reshape, which becomes a dynamic
+  # reshape under a symbolic batch (IREE does not compile it either).
+  return jnp.concatenate(
+      [jnp.pad(jax.lax.slice_in_dim(x, k * cin, (k + 1) * cin, axis=3),
+               ((0, 0),) * 3 + ((0, extra),)) for k in range(num_groups)], axis=3)
 
 
 class ResidualBlock(nn.Module):
@@ -266,6 +272,10 @@ class ExitHead(nn.Module):
   num_classes: int
   reduction: str = "sum"
   dtype: Any = jnp.float32
+  # True: only the widest logits, logits_BxK, as one dense map of the pooled features (no
+  # cumulative sum, no indexing: a deployed sub-network's graph that IREE and LiteRT compile
+  # with a dynamic batch; the same parameters and values).
+  widest_only: bool = False
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -276,6 +286,10 @@ class ExitHead(nn.Module):
     w_GxDxK = self.param("kernel", nn.initializers.normal(1.0 / np.sqrt(c)),
                          (g, c // g, self.num_classes))
     b_GxK = self.param("bias", nn.initializers.zeros, (g, self.num_classes))
+    if self.widest_only:
+      f_BxC = jnp.mean(x_BxHxWxC, axis=(1, 2)).astype(jnp.float32)
+      z_BxK = f_BxC @ w_GxDxK.reshape(c, self.num_classes) + b_GxK.sum(axis=0)
+      return z_BxK / g if self.reduction == "mean" else z_BxK
     z_BxGxK = jnp.cumsum(partial_logits(x_BxHxWxC, w_GxDxK, b_GxK), axis=1)
     if self.reduction == "mean":
       z_BxGxK = z_BxGxK / jnp.arange(1, g + 1, dtype=z_BxGxK.dtype)[None, :, None]
@@ -322,7 +336,7 @@ class DNNet(nn.Module):
                    name=STEM)(x)
     x = nn.relu(batch_norm(train, self.bn_momentum, self.dtype, STEM_BN)(x))
     head = lambda i: ExitHead(g, self.num_classes, self.head_reduction, self.dtype,
-                              name=exit_name(i))
+                              widest_only=self.only_last_exit, name=exit_name(i))
     logits = [] if self.only_last_exit and depth > 1 else [head(1)(x)]
     for blk in block_layout(self.channels_per_group, self.blocks_per_stage, self.shortcut):
       if blk.index >= depth:
@@ -333,7 +347,7 @@ class DNNet(nn.Module):
       if not self.only_last_exit or blk.index + 1 == depth:
         logits.append(head(blk.index + 1)(x))
     if self.only_last_exit:
-      return logits[0][:, -1]
+      return logits[0]
     return jnp.stack(logits, axis=1)
 
 

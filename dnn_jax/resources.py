@@ -17,6 +17,7 @@ import numpy as np
 
 from dnn_jax import files
 from dnn_jax import models
+from dnn_jax import runtimes
 from dnn_jax import subnetwork
 from dnn_jax import workdir as layout
 
@@ -109,8 +110,9 @@ def median_seconds(fn, args=(), warmup: int = 2, repeats: int = 5) -> float:
 
 def measured_grid(model: models.DNNet, variables: dict, image_shape, *, batch_size: int,
                   warmup: int = 2, repeats: int = 5, latency: bool = True,
-                  progress=None) -> dict[str, np.ndarray]:
-  """XLA peak temp memory (batch 1) and median latency (batch 1 and `batch_size`) per cell."""
+                  progress=None, runtime: str = "jax") -> dict[str, np.ndarray]:
+  """XLA peak temp memory (batch 1) and median latency (batch 1 and `batch_size`) per cell,
+  the latency in `runtime` (runtimes.RUNTIMES; each cell compiled for it)."""
   depths, g = model.num_exits, model.num_groups
   out = {k: np.full((depths, g), np.nan) for k in MEASURED}
   apply = lambda m: jax.jit(lambda v, x: m.apply(v, x))
@@ -122,12 +124,18 @@ def measured_grid(model: models.DNNet, variables: dict, image_shape, *, batch_si
       x1 = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
       compiled = fn.lower(sub_vars, x1).compile()
       out["peak_activation_bytes"][d - 1, c - 1] = compiled.memory_analysis().temp_size_in_bytes
-      if latency:
+      if latency and runtime == "jax":
         out["latency_ms_batch1"][d - 1, c - 1] = 1e3 * median_seconds(
             compiled, (sub_vars, x1), warmup, repeats)
         xb = jnp.zeros((batch_size,) + tuple(image_shape), jnp.float32)
         out["latency_ms_batch"][d - 1, c - 1] = 1e3 * median_seconds(
             fn.lower(sub_vars, xb).compile(), (sub_vars, xb), warmup, repeats)
+      elif latency:
+        for key, b in (("latency_ms_batch1", 1), ("latency_ms_batch", batch_size)):
+          x = np.zeros((b,) + tuple(image_shape), np.float32)
+          out[key][d - 1, c - 1] = 1e3 * median_seconds(
+              runtimes.compile_subnetwork(runtime, sub, sub_vars, image_shape, b), (x,),
+              warmup, repeats)
     if progress:
       done = d * g
       eta = (time.time() - start) / done * (depths * g - done)
@@ -154,17 +162,26 @@ def compute(config, workdir: str, progress=None) -> dict:
             "widths": list(range(1, model.num_groups + 1)),
             "image_shape": list(image_shape), "num_classes": len(class_names),
             **{k: v.tolist() for k, v in grid.items()}}
+  if config.resources.measure and config.resources.latency:
+    try:  # Before any work: a missing runtime is one line.
+      runtimes.require(config.resources.runtime, f"config.resources.runtime="
+                       f"{config.resources.runtime}")
+    except runtimes.ExtraMissing as e:
+      from dnn_jax.errors import UserError
+      raise UserError(str(e)) from None
   if config.resources.measure:
     # Cost does not depend on the weights' values: initialised weights serve.
     variables = model.init(jax.random.key(config.seed), jnp.zeros((1,) + image_shape))
     measured = measured_grid(model, variables, image_shape,
                              batch_size=config.resources.batch_size,
                              warmup=config.resources.warmup, repeats=config.resources.repeats,
-                             latency=config.resources.latency, progress=progress)
+                             latency=config.resources.latency, progress=progress,
+                             runtime=config.resources.runtime)
     record.update({k: [[None if np.isnan(x) else float(x) for x in row] for row in v]
                    for k, v in measured.items()})
     device = jax.devices()[0]
     record.update(latency_batch_size=config.resources.batch_size,
+                  latency_runtime=config.resources.runtime if config.resources.latency else None,
                   backend=jax.default_backend(), device_kind=device.device_kind)
   return record
 
@@ -178,12 +195,13 @@ def write(workdir: str, record: dict) -> None:
   if jax.process_index() == 0:
     os.makedirs(out, exist_ok=True)
     batch = record.get("latency_batch_size")
+    runtime = record.get("latency_runtime") or "jax"
     titles = {"macs": ("MACs (M)", 1e-6, "{:.1f}"), "params": ("parameters (K)", 1e-3, "{:.0f}"),
               "largest_feature_map": ("largest feature map (K elements)", 1e-3, "{:.0f}"),
               "peak_activation_bytes": ("XLA peak activation memory, batch 1 (KiB)",
                                         1 / 1024, "{:.0f}"),
-              "latency_ms_batch1": ("latency, batch 1 (ms)", 1.0, "{:.2f}"),
-              "latency_ms_batch": (f"latency, batch {batch} (ms)", 1.0, "{:.1f}")}
+              "latency_ms_batch1": (f"{runtime} latency, batch 1 (ms)", 1.0, "{:.2f}"),
+              "latency_ms_batch": (f"{runtime} latency, batch {batch} (ms)", 1.0, "{:.1f}")}
     for key, (title, scale, fmt) in titles.items():
       if key in record and record[key] is not None:
         values = np.array(record[key], np.float64)
