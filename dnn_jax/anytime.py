@@ -3,8 +3,10 @@
 Every image starts at D1W1 and moves along one path through the (depth, width) grid, one
 step wider or deeper at a time, until its prediction's confidence (max softmax) reaches a
 threshold or the path ends; `refine.Refiner` makes each step cost only its new work, so an
-image stopped at cell (d, c) costs about MACs(d, c). The path is the greedy accuracy-per-MAC
-staircase through the fit split's accuracy grid; one threshold per average-MAC budget is
+image stopped at cell (d, c) costs about MACs(d, c). The path is fitted on the fit split's
+accuracy grid (`config.anytime.path`): `area`, the monotone path with the largest area under
+its accuracy-vs-log-MACs staircase, or `greedy`, the best accuracy gain per added MAC at each
+step (myopic: on the shipped model it widens the weak depth-1 exit first). One threshold per average-MAC budget is
 chosen on the fit split (the most accurate whose average cost fits) and evaluated on the
 evaluation split. Baselines, fitted and evaluated the same way: `depth_only` (the full-width
 column, MSDNet's budgeted batch classification) and `static` (the most accurate single
@@ -71,6 +73,33 @@ def staircase(accuracy_LxG: np.ndarray, macs_LxG: np.ndarray) -> list[tuple[int,
   return path
 
 
+def best_area_path(accuracy_LxG: np.ndarray, macs_LxG: np.ndarray) -> list[tuple[int, int]]:
+  """The monotone path from D1W1 to the full network (one step wider or deeper at a time)
+  that maximises the area under its accuracy-vs-log-MACs staircase: the accuracy an image
+  holds while its budget grows. Dynamic programming over the grid; 1-based cells."""
+  depths, widths = accuracy_LxG.shape
+  log_m = np.log(np.maximum(macs_LxG, 1.0))
+  best = np.full((depths + 1, widths + 1), -np.inf)
+  step = {}
+  best[depths, widths] = 0.0
+  for d in range(depths, 0, -1):
+    for c in range(widths, 0, -1):
+      if (d, c) == (depths, widths):
+        continue
+      for nd, nc in ((d + 1, c), (d, c + 1)):
+        if nd <= depths and nc <= widths:
+          area = accuracy_LxG[d - 1, c - 1] * (log_m[nd - 1, nc - 1] - log_m[d - 1, c - 1])
+          if area + best[nd, nc] > best[d, c]:
+            best[d, c], step[(d, c)] = area + best[nd, nc], (nd, nc)
+  path = [(1, 1)]
+  while path[-1] != (depths, widths):
+    path.append(step[path[-1]])
+  return path
+
+
+PATHS = {"area": best_area_path, "greedy": staircase}
+
+
 def simulate(conf, correct, path, macs_LxG, threshold: float):
   """Each image stops at the first path cell whose confidence >= threshold (or the last):
   (accuracy, mean MACs, the step index each image stopped at)."""
@@ -91,12 +120,12 @@ def thresholds(conf) -> np.ndarray:
   return np.unique(np.concatenate([qs, [1.0 + 1e-6]]))
 
 
-def fit_and_evaluate(fit, evaluate, macs_LxG, budgets) -> dict:
+def fit_and_evaluate(fit, evaluate, macs_LxG, budgets, path: str = "area") -> dict:
   """Curves {two_d, depth_only, static}: {mean_macs, accuracy} on `evaluate` for each budget,
   thresholds and cells chosen on `fit`; `fit`/`evaluate` = (confidence, correct)."""
   acc_fit = fit[1].mean(axis=0)
   depths, widths = acc_fit.shape
-  paths = {"two_d": staircase(acc_fit, macs_LxG),
+  paths = {"two_d": PATHS[path](acc_fit, macs_LxG),
            "depth_only": [(d, widths) for d in range(1, depths + 1)]}
   curves, chosen = {}, {}
   for name, path in paths.items():
@@ -197,8 +226,8 @@ def run(config, workdir: str) -> dict:
   fit_pred = exit_predictions(setup, variables, fit, config.eval.batch_size)
   eval_pred = exit_predictions(setup, variables, ev, config.eval.batch_size)
   budgets = np.geomspace(macs.min(), macs.max(), config.anytime.budgets)
-  record = fit_and_evaluate(fit_pred, eval_pred, macs, budgets)
-  record.update(split=eval_name, fit_split=fit_name, num_examples=len(ev),
+  record = fit_and_evaluate(fit_pred, eval_pred, macs, budgets, config.anytime.path)
+  record.update(path_rule=config.anytime.path, split=eval_name, fit_split=fit_name, num_examples=len(ev),
                 num_fit_examples=len(fit), checkpoint_step=int(step),
                 budgets=budgets.tolist(), full_macs=float(macs[-1, -1]),
                 full_accuracy=float(eval_pred[1][:, -1, -1].mean()),

@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.anytime = a = ml_collections.ConfigDict()  # --mode=anytime (anytime.py)
   a.budgets = 12  # average-MAC budgets, geometric from the smallest to the full network
+  a.path = "area"  # area | greedy: how the path through the grid is fitted (anytime.py)
   a.timing_images = 16  # images timed one by one through the Refiner (0: no timing check)
 
   c.export = e = ml_collections.ConfigDict()  # --mode=export

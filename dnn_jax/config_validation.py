@@ -152,6 +152,8 @@ def validate(config, device_count: int | None = None, check_paths: bool = True) 
       raise ConfigError(f"config.export.subnet: {e}") from e
   _require(isinstance(config.anytime.budgets, int) and config.anytime.budgets >= 2,
            "anytime.budgets", f"{config.anytime.budgets} must be an integer >= 2")
+  from dnn_jax.anytime import PATHS
+  _one_of(config.anytime.path, "anytime.path", tuple(PATHS))
   _positive_ints(config.anytime.timing_images, "anytime.timing_images", allow_zero=True)
   from dnn_jax.export import FORMATS, parse_formats
   try:

@@ -20,6 +20,21 @@ def test_staircase_takes_the_best_gain_per_mac_and_ends_at_the_full_network():
   assert anytime.staircase(acc, macs) == [(1, 1), (1, 2), (2, 2), (2, 3), (3, 3)]
 
 
+def test_area_path_beats_a_myopic_first_step():
+  # Widening at depth 1 is cheap and gains a little per MAC; deepening first costs more but
+  # reaches far better cells early: the area rule deepens, the greedy rule widens.
+  acc = np.array([[0.20, 0.24, 0.26],
+                  [0.50, 0.60, 0.65],
+                  [0.60, 0.70, 0.80]])
+  macs = np.array([[10, 12, 15], [40, 60, 90], [80, 120, 180]], float)
+  assert anytime.staircase(acc, macs)[1] == (1, 2)
+  path = anytime.best_area_path(acc, macs)
+  assert path[1] == (2, 1) and path[-1] == (3, 3) and len(path) == 5
+  area = lambda p: sum(acc[a - 1, b - 1] * (np.log(macs[c - 1, d - 1]) - np.log(macs[a - 1, b - 1]))
+                       for (a, b), (c, d) in zip(p, p[1:]))
+  assert area(path) >= area(anytime.staircase(acc, macs))
+
+
 def test_each_image_stops_at_its_first_confident_cell():
   conf = np.array([[[0.9, 0.1], [0.1, 0.1]],     # sure at D1W1
                    [[0.2, 0.8], [0.1, 0.1]],     # sure at D1W2
