@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -10,10 +11,42 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from dnn_jax import workdir as layout
 
+
+class CorruptCheckpoint(Exception):
+  """A checkpoint read back, but not as it was saved (its digest differs)."""
+
+
+def _host(x) -> np.ndarray:
+  """A leaf's value on this host: a replicated array's local copy where it spans processes."""
+  if isinstance(x, jax.Array):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if not x.is_fully_addressable:
+      if not x.sharding.is_fully_replicated:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+      x = x.addressable_shards[0].data
+  return np.ascontiguousarray(jax.device_get(x))
+
+
+def tree_sha256(tree) -> str:
+  """sha256 over every leaf's dtype, shape and bytes, in the tree's order: the digest saved
+  with each checkpoint and checked on every restore."""
+  h = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(tree):
+    a = _host(leaf)
+    h.update(f"{a.dtype}:{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def variables_of(state) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def manager(workdir: str, checkpoint_config=None) -> ocp.CheckpointManager:
@@ -28,7 +61,10 @@ def save(mngr: ocp.CheckpointManager, state, config: ml_collections.ConfigDict,
   """Saves the state; the config, class names and image shape travel with it as JSON."""
   step = int(jax.device_get(state.step))
   meta = {"config": config.to_dict(), "class_names": list(class_names),
-          "image_shape": [int(x) for x in image_shape]}
+          "image_shape": [int(x) for x in image_shape],
+          # Checked on every restore: bytes changed on disk must not restore as valid.
+          "state_sha256": tree_sha256(state),
+          "variables_sha256": tree_sha256(variables_of(state))}
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(meta)), force=True)
 
@@ -73,25 +109,56 @@ def network_differences(saved: "Saved", config: ml_collections.ConfigDict, class
   return diffs
 
 
+def move_aside(workdir: str, step: int, reason: str, log=print) -> None:
+  """Moves unreadable checkpoint `step` to DIR/corrupt_checkpoints/ (never deleted), on
+  process 0, and waits for every process to see it."""
+  if jax.process_index() == 0:
+    aside = os.path.join(layout.corrupt_checkpoints(workdir), f"{step}-{int(time.time())}")
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    shutil.move(os.path.join(os.path.abspath(layout.checkpoints(workdir)), str(step)), aside)
+    log(f"Checkpoint step {step} is unreadable ({reason}); moved to {aside}")
+  if jax.process_count() > 1:  # Every process sees the move before listing steps again.
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+
+
+def _reason(e: Exception) -> str:
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: str, log=print):
-  """Restores the newest checkpoint that reads back; unreadable ones are moved aside to
-  DIR/corrupt_checkpoints/ (never deleted) and reported. Raises UserError if none reads."""
+  """Restores the newest checkpoint that reads back as saved; unreadable ones (and ones whose
+  digest differs) are moved aside to DIR/corrupt_checkpoints/ and reported. Raises UserError
+  if none reads."""
   from dnn_jax.errors import UserError
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
     try:
       return restore(mngr, abstract_state, step)
     except Exception as e:  # Orbax raises many types for truncated or corrupt files.
-      reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-      if jax.process_index() == 0:
-        aside = os.path.join(layout.corrupt_checkpoints(workdir), f"{step}-{int(time.time())}")
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        shutil.move(os.path.join(os.path.abspath(layout.checkpoints(workdir)), str(step)), aside)
-        log(f"Checkpoint step {step} is unreadable ({reason}); moved to {aside}")
-      if jax.process_count() > 1:  # Every process sees the move before listing steps again.
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+      move_aside(workdir, step, _reason(e), log)
       mngr.reload()
+  raise UserError(f"no readable checkpoint in {layout.checkpoints(workdir)} "
+                  f"(tried steps {steps}; see {layout.corrupt_checkpoints(workdir)})")
+
+
+def restore_variables_latest_good(workdir: str, saved: "Saved", abstract_variables: dict,
+                                  log=print) -> tuple[dict, "Saved"]:
+  """The model's variables of checkpoint `saved.step`, or of the newest older one that reads
+  back as saved (the unreadable ones moved aside): (variables, that checkpoint's Saved)."""
+  from dnn_jax.errors import UserError
+  mngr = manager(workdir)
+  try:
+    steps = [s for s in sorted(mngr.all_steps(), reverse=True) if s <= saved.step]
+    for step in steps:
+      try:
+        meta = saved if step == saved.step else saved_at(mngr, step)
+        return restore_variables(workdir, step, abstract_variables,
+                                 meta.variables_sha256), meta
+      except Exception as e:
+        move_aside(workdir, step, _reason(e), log)
+  finally:
+    mngr.close()
   raise UserError(f"no readable checkpoint in {layout.checkpoints(workdir)} "
                   f"(tried steps {steps}; see {layout.corrupt_checkpoints(workdir)})")
 
@@ -99,20 +166,29 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, workdir: st
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """Restores the state at `step` (default: latest) into `abstract_state`'s shardings."""
   step = mngr.latest_step() if step is None else step
-  return mngr.restore(step, args=ocp.args.Composite(
+  expected = saved_at(mngr, step).state_sha256
+  state = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state))).state
+  if expected is not None and tree_sha256(state) != expected:
+    raise CorruptCheckpoint(f"step {step} does not read back as saved (sha256 differs)")
+  return state
 
 
-def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict:
+def restore_variables(workdir: str, step: int, abstract_variables: dict,
+                      expected_sha256: str | None = None) -> dict:
   """The model's variables (params, batch stats) of checkpoint `step`, into the target's
-  shardings; the optimizer state stays on disk."""
+  shardings; the optimizer state stays on disk. CorruptCheckpoint when they differ from the
+  digest saved with them."""
   path = os.path.join(os.path.abspath(layout.checkpoints(workdir)), str(step), "state")
   with ocp.PyTreeCheckpointer() as checkpointer:
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         abstract_variables,
         restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables),
         partial_restore=True))
-  return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+  variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+  if expected_sha256 is not None and tree_sha256(variables) != expected_sha256:
+    raise CorruptCheckpoint(f"step {step} does not read back as saved (sha256 differs)")
+  return variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +198,8 @@ class Saved:
   class_names: tuple[str, ...]
   image_shape: tuple[int, ...] | None  # None in checkpoints saved before it was recorded
   step: int
+  state_sha256: str | None = None  # None in checkpoints saved before digests were kept
+  variables_sha256: str | None = None
 
   def overlay(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config` with what the trained model is made of taken from the checkpoint: the model
@@ -155,7 +233,17 @@ def load_saved(workdir: str, step: int | None = None, *, required: bool = True
   ckpt_dir = layout.checkpoints(workdir)
   mngr = manager(workdir) if os.path.isdir(ckpt_dir) else None
   try:
-    step = mngr.latest_step() if (mngr and step is None) else step
+    if mngr and step is None:  # The newest whose metadata reads; others moved aside.
+      tried = sorted(mngr.all_steps(), reverse=True)
+      for latest in tried:
+        try:
+          return saved_at(mngr, latest)
+        except Exception as e:
+          from dnn_jax.metric_writers import log
+          move_aside(workdir, latest, _reason(e), log)
+      if tried:
+        raise UserError(f"no readable checkpoint in {ckpt_dir} (tried steps {tried}; see "
+                        f"{layout.corrupt_checkpoints(workdir)})")
     if step is None:
       if required:
         raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
@@ -171,7 +259,8 @@ def saved_at(mngr: ocp.CheckpointManager, step: int) -> Saved:
   meta = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
   shape = meta.get("image_shape")
   return Saved(with_defaults(meta["config"]), tuple(meta["class_names"]),
-               tuple(shape) if shape else None, int(step))
+               tuple(shape) if shape else None, int(step), meta.get("state_sha256"),
+               meta.get("variables_sha256"))
 
 
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:

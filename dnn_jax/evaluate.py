@@ -32,8 +32,8 @@ def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_channel
   if saved.model_differs(config):
     log("Note: using the model config saved with the checkpoint, not the given one.")
   setup = state_lib.make_setup(saved.overlay(config), len(saved.class_names), num_channels)
-  variables = checkpointing.restore_variables(
-      workdir, saved.step, state_lib.abstract_variables(setup, num_channels))
+  variables, saved = checkpointing.restore_variables_latest_good(
+      workdir, saved, state_lib.abstract_variables(setup, num_channels), log)
   return setup, variables, saved.step, saved.config, list(saved.class_names)
 
 

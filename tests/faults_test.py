@@ -109,6 +109,51 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny
   assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))  # Moved aside, not deleted.
 
 
+def _rewrite_with_other_values(step_dir):
+  """Rewrites a checkpoint's state with one parameter changed, as valid Orbax files: what
+  bytes changed on disk can look like when every file still reads."""
+  import numpy as np
+  import orbax.checkpoint as ocp
+  path = os.path.join(step_dir, "state")
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.restore(path)
+    kernel = tree["params"]["stem"]["kernel"]
+    tree["params"]["stem"]["kernel"] = np.asarray(kernel) + 0.5
+    import shutil
+    shutil.rmtree(path)
+    checkpointer.save(path, tree)
+
+
+def test_bytes_changed_inside_a_checkpoint_are_caught_and_the_run_ends_as_uninterrupted(
+    tmp_path, tiny_config):
+  workdir = str(tmp_path)
+  first = train.train_and_evaluate(tiny_config, workdir)  # Checkpoints 5..20.
+  import shutil
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
+  _rewrite_with_other_values(os.path.join(workdir, "checkpoints", "15"))
+  again = train.train_and_evaluate(tiny_config, workdir)
+  assert again["resumed_from_step"] == 10
+  assert again["params_sha256"] == first["params_sha256"]
+  assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 1
+
+
+def test_eval_and_export_fall_back_past_unreadable_and_garbled_checkpoints(tmp_path,
+                                                                           tiny_config):
+  from dnn_jax import evaluate, main
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config, workdir)  # Checkpoints 5..20.
+  _corrupt(os.path.join(workdir, "checkpoints", "20"))
+  record = evaluate.evaluate(tiny_config, workdir)
+  assert record["checkpoint_step"] == 15
+  with open(os.path.join(workdir, "checkpoints", "15", "config", "metadata"), "w") as f:
+    f.write("{x")  # garbled metadata
+  config = tiny_config.copy_and_resolve_references()
+  config.export.subnet = "D2W1"
+  manifest = main.run(config, workdir, "export")
+  assert manifest["checkpoint_step"] == 10
+  assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 2
+
+
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   workdir = str(tmp_path)
   proc = _start(workdir, "--config.train.num_steps=20")
