@@ -24,17 +24,24 @@ RECIPE_FIELDS = {"loss": ("lambda_scheme", "head_gradient", "trunk_gradient", "d
                  "train": ("optimizer", "learning_rate", "weight_decay", "num_epochs")}
 
 
-def _run(workdir: str) -> dict:
+def _run(workdir: str, before: dict | None = None) -> dict:
+  """One run's record. A run carried without its checkpoint (a results-only snapshot) takes
+  its seed and recipe from `before`, its record in the previous table."""
   grid = layout.read_eval_grid(workdir)
   summary = layout.read_json(layout.train_summary(workdir))
-  saved = checkpointing.load_saved(workdir).config
+  saved = checkpointing.load_saved(workdir, required=before is None)
+  if saved is None:
+    from_config = {k: before[k] for k in ("seed", "causal", "recipe")}
+  else:
+    saved = saved.config
+    from_config = {"seed": saved.seed, "causal": saved.model.causal,
+                   "recipe": {f"{part}.{k}": saved[part][k]
+                              for part, keys in RECIPE_FIELDS.items() for k in keys}}
   acc = np.array(grid["accuracy"])
   return {"full_depth_by_width": acc[-1].round(4).tolist(),
           "full_width_by_depth": acc[:, -1].round(4).tolist(),
           "grid_mean": round(float(acc.mean()), 4), "full_exit": float(acc[-1, -1]),
-          "seed": saved.seed, "causal": saved.model.causal,
-          "recipe": {f"{part}.{k}": saved[part][k] for part, keys in RECIPE_FIELDS.items()
-                     for k in keys},
+          **from_config,
           "final_step": summary["final_step"], "wall_seconds_last_leg": summary["wall_seconds"],
           "resumed_from_step": summary["resumed_from_step"],
           "params_sha256": summary["params_sha256"], "xla_flags": summary.get("xla_flags"),
@@ -45,13 +52,17 @@ def main(runs: str, out: str) -> dict:
   done = {n: os.path.join(runs, n) for n in sorted(os.listdir(runs))
           if os.path.exists(layout.eval_grid(os.path.join(runs, n)))
           and os.path.exists(layout.train_summary(os.path.join(runs, n)))}
+  before = {}
+  if os.path.exists(out + ".json"):
+    previous = layout.read_json(out + ".json")
+    before = {**{f"plain_w{k}": v for k, v in previous["alone"].items()}, **previous["recipes"]}
   alone, recipes = {}, {}
   for name, workdir in done.items():
     m = re.fullmatch(r"plain_w(\d+)", name)
     if m:
-      alone[int(m.group(1))] = _run(workdir)
+      alone[int(m.group(1))] = _run(workdir, before.get(name))
     else:
-      recipes[name] = _run(workdir)
+      recipes[name] = _run(workdir, before.get(name))
   if not recipes:
     sys.exit(f"{runs}: no finished DNNet run")
   widths = len(next(iter(recipes.values()))["full_depth_by_width"])
