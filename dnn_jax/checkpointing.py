@@ -104,6 +104,10 @@ def network_differences(saved: "Saved", config: ml_collections.ConfigDict, class
                  "checkpoint")
   if len(saved.class_names) != len(class_names):
     diffs.append(f"{len(saved.class_names)} classes (saved) vs {len(class_names)} (given data)")
+  elif tuple(saved.class_names) != tuple(class_names):  # Same count: a silent relabelling.
+    shown = lambda names: ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    diffs.append(f"classes {shown(list(saved.class_names))} (saved) vs "
+                 f"{shown(list(class_names))} (given data)")
   if saved.image_shape is not None and saved.image_shape[-1] != num_channels:
     diffs.append(f"{saved.image_shape[-1]} image channels (saved) vs {num_channels} (given data)")
   return diffs

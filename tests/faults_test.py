@@ -231,3 +231,11 @@ def test_resuming_with_a_different_network_is_a_config_error_not_corruption(tmp_
   changed.model.conv_form = "blocks:2"  # Runs the same network: resumes.
   changed.train.num_steps = 15
   assert train.train_and_evaluate(changed, workdir)["resumed_from_step"] == 10
+
+
+def test_resuming_with_other_class_names_of_the_same_count_is_refused(tiny_config):
+  from dnn_jax import checkpointing
+  saved = checkpointing.Saved(tiny_config, ("cat", "dog", "emu"), (8, 8, 1), 10)
+  diffs = checkpointing.network_differences(saved, tiny_config, ("ant", "bee", "cow"), 1)
+  assert diffs == ["classes cat, dog, emu (saved) vs ant, bee, cow (given data)"]
+  assert checkpointing.network_differences(saved, tiny_config, ("cat", "dog", "emu"), 1) == []
