@@ -211,6 +211,7 @@ def run(config, workdir: str) -> dict:
   saved = checkpointing.load_saved(workdir)
   dataset = input_pipeline.load_dataset(config.data, workdir,
                                         eval_only_classes=saved.class_names)
+  saved.check_image_shape(dataset.eval.images.shape[1:], f"the {dataset.eval_split} split")
   channels = dataset.eval.images.shape[-1]
   setup, variables, step, _, class_names = evaluate.load_checkpoint(config, workdir, channels,
                                                                     saved=saved)

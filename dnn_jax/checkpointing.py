@@ -219,6 +219,15 @@ class Saved:
                             if k != "conv_form"}
     return fields(config.model) != fields(self.config.model)
 
+  def check_image_shape(self, shape, source: str) -> None:
+    """DataError unless images of `shape` (H, W, C) are what the checkpoint was trained on
+    (checkpoints that did not record a shape: not checked)."""
+    from dnn_jax.errors import DataError
+    if self.image_shape is not None and tuple(shape) != tuple(self.image_shape):
+      raise DataError(f"{source}: images of shape {tuple(shape)}, but the checkpoint's model "
+                      f"was trained on {tuple(self.image_shape)} (check config.data.image_size "
+                      "and the data)")
+
   def input_shape(self, data_config=None) -> tuple[int, ...]:
     """The trained image shape. Older checkpoints did not record it: then the saved data
     config's, or failing that the shape of the images `data_config` (else the saved one) reads."""

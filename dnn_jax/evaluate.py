@@ -70,6 +70,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   saved = checkpointing.load_saved(workdir)
   dataset = input_pipeline.load_dataset(config.data, workdir,
                                         eval_only_classes=saved.class_names)
+  saved.check_image_shape(dataset.eval.images.shape[1:], f"the {dataset.eval_split} split")
   channels = dataset.eval.images.shape[-1]
   setup, variables, step, _, class_names = load_checkpoint(config, workdir, channels,
                                                            saved=saved)

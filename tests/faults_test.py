@@ -239,3 +239,26 @@ def test_resuming_with_other_class_names_of_the_same_count_is_refused(tiny_confi
   diffs = checkpointing.network_differences(saved, tiny_config, ("ant", "bee", "cow"), 1)
   assert diffs == ["classes cat, dog, emu (saved) vs ant, bee, cow (given data)"]
   assert checkpointing.network_differences(saved, tiny_config, ("cat", "dog", "emu"), 1) == []
+
+
+def test_evaluating_images_of_another_shape_stops_before_anything_is_written(tmp_path,
+                                                                             tiny_config,
+                                                                             monkeypatch):
+  import dataclasses
+  from dnn_jax import evaluate, input_pipeline
+  from dnn_jax.errors import DataError
+  workdir = str(tmp_path)
+  tiny_config.train.num_steps = 5
+  train.train_and_evaluate(tiny_config, workdir)
+  grid = (tmp_path / "eval" / "grid.json").read_text()
+  real = input_pipeline.load_dataset
+
+  def smaller(*args, **kwargs):  # the same data at 4 x 4 pixels
+    ds = real(*args, **kwargs)
+    crop = lambda s: input_pipeline.Split(s.images[:, :4, :4], s.labels)
+    return dataclasses.replace(ds, train=crop(ds.train), eval=crop(ds.eval))
+  monkeypatch.setattr(input_pipeline, "load_dataset", smaller)
+  with pytest.raises(DataError, match=r"images of shape \(4, 4, 1\), but the checkpoint's "
+                                      r"model was trained on \(8, 8, 1\)"):
+    evaluate.evaluate(tiny_config, workdir)
+  assert (tmp_path / "eval" / "grid.json").read_text() == grid
