@@ -87,7 +87,7 @@ def main():
       rows.append(row)
   record = {"benchmark": "deploy_latency", "workdir": args.workdir, "checkpoint_step": int(step),
             "batch": args.batch, "repeats": args.repeats, "runtimes": names,
-            "versions": {r: _version(r) for r in names},
+            "versions": {r: runtimes.version(_DIST[r]) for r in names},
             "machine": platform.node(), "cpu_count": os.cpu_count(),
             "xla_flags": xla_flags.current(), "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows,
@@ -100,14 +100,8 @@ def main():
   return record
 
 
-def _version(runtime):
-  import importlib.metadata
-  dist = {"jax": "jaxlib", "onnxruntime": "onnxruntime", "iree": "iree-base-runtime",
-          "litert": "ai-edge-litert"}[runtime]
-  try:
-    return importlib.metadata.version(dist)
-  except importlib.metadata.PackageNotFoundError:
-    return None
+_DIST = {"jax": "jaxlib", "onnxruntime": "onnxruntime", "iree": "iree-base-runtime",
+         "litert": "ai-edge-litert"}
 
 
 def _table(record) -> str:

@@ -186,7 +186,7 @@ def _write_stablehlo(sub, sub_vars, arrays, treedef, image_shape, out, images, e
   if not runtimes.missing("iree"):
     checks["iree"] = {"max_abs_diff": _diff(run_iree(os.path.join(out, MLIR), images),
                                             expected),
-                      "version": _version("iree-base-runtime")}
+                      "version": runtimes.version("iree-base-runtime")}
   else:
     entry["iree_check"] = "not run: pip install 'dnn_jax[iree]'"
   return entry
@@ -203,7 +203,7 @@ def _write_onnx(sub, sub_vars, arrays, treedef, image_shape, out, images, expect
              _diff(run_onnx(os.path.join(out, ONNX), odd), expected[:len(odd)]))
   return {"files": [ONNX], "opset": onnx_graph.OPSET, "usage": USAGE["onnx"],
           "checks": {"onnxruntime": {"max_abs_diff": diff,
-                                     "version": _version("onnxruntime")}},
+                                     "version": runtimes.version("onnxruntime")}},
           "onnx_version": onnx.__version__}
 
 
@@ -224,16 +224,9 @@ def _write_tflite(sub, sub_vars, arrays, treedef, image_shape, out, images, expe
   return {"files": names, "batch_sizes": [int(b) for b in batch_sizes],
           "usage": USAGE["tflite"],
           "checks": {"litert": {"max_abs_diff": max(diffs),
-                                "version": _version("ai-edge-litert")}},
-          "tensorflow_version": _version("tensorflow") or _version("tensorflow-cpu")}
-
-
-def _version(dist: str) -> str | None:
-  import importlib.metadata
-  try:
-    return importlib.metadata.version(dist)
-  except importlib.metadata.PackageNotFoundError:
-    return None
+                                "version": runtimes.version("ai-edge-litert")}},
+          "tensorflow_version": (runtimes.version("tensorflow")
+                                 or runtimes.version("tensorflow-cpu"))}
 
 
 def load_and_run(export_dir: str, images: np.ndarray, manifest: dict | None = None

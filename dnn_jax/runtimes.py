@@ -47,6 +47,15 @@ def require(runtime: str, what: str) -> None:
                        f"pip install 'dnn_jax[{NEEDS[runtime][1]}]'")
 
 
+def version(dist: str) -> str | None:
+  """The installed version of distribution `dist` (e.g. 'onnxruntime'), or None."""
+  import importlib.metadata
+  try:
+    return importlib.metadata.version(dist)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
 def available() -> list[str]:
   return [r for r in RUNTIMES if not missing(r)]
 
