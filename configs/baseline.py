@@ -19,12 +19,20 @@ has the DNNet's MACs.
 from dnn_jax.config_base import load_config_file
 
 KINDS = ("plain", "depth_only")
+BASES = ("cifar10_cpu", "cifar10", "svhn", "digits", "tiny")
 
 
 def get_config(arg: str = "cifar10_cpu,plain"):
-  base, kind, *width = arg.split(",")
+  base, kind, *width = arg.split(",") + ([] if "," in arg else [""])
+  if base not in BASES:
+    raise ValueError(f"configs/baseline.py: base {base!r} is not one of {', '.join(BASES)} "
+                     "(configs/baseline.py:BASE,KIND[,WIDTH])")
   if kind not in KINDS:
-    raise ValueError(f"configs/baseline.py: kind {kind!r} is not one of {', '.join(KINDS)}")
+    raise ValueError(f"configs/baseline.py: kind {kind!r} is not one of {', '.join(KINDS)} "
+                     "(configs/baseline.py:BASE,KIND[,WIDTH])")
+  if len(width) > 1 or (width and not (width[0].isdigit() and int(width[0]) >= 1)):
+    raise ValueError(f"configs/baseline.py: WIDTH {','.join(width)!r} is not a number of "
+                     "groups >= 1 (configs/baseline.py:BASE,KIND[,WIDTH])")
   c = load_config_file(__file__, base)()
   c.model.causal = False
   # The rest of BASE's loss recipe (head gradients, distillation) carries over: the depth-only

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 
@@ -124,6 +125,15 @@ def move_aside(workdir: str, step: int, reason: str, log=print) -> None:
   if jax.process_count() > 1:  # Every process sees the move before listing steps again.
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+
+
+def write_error(e: Exception) -> str:
+  """What stopped a save, in a few words: the OS error behind Orbax's and tensorstore's
+  wrappers (ValueError('RESOURCE_EXHAUSTED: ... [os_error_code='28']')) where there is one."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  code = re.search(r"os_error_code='?(\d+)", str(e))
+  return os.strerror(int(code.group(1))) if code else _reason(e)
 
 
 def _reason(e: Exception) -> str:
@@ -259,7 +269,10 @@ def load_saved(workdir: str, step: int | None = None, *, required: bool = True
                         f"{layout.corrupt_checkpoints(workdir)})")
     if step is None:
       if required:
-        raise UserError(f"no checkpoint in {ckpt_dir}: train first (--mode=train)")
+        aside = layout.corrupt_checkpoints(workdir)
+        raise UserError(f"no checkpoint in {ckpt_dir}: " + (
+            f"the unreadable ones were moved to {aside}" if os.path.isdir(aside)
+            and os.listdir(aside) else "train first (--mode=train)"))
       return None
     return saved_at(mngr, step)
   finally:

@@ -37,10 +37,23 @@ def _positive_ints(values, field: str, allow_zero: bool = False):
            field, f"{values!r} must be {'non-negative' if allow_zero else 'positive'} integers")
 
 
+def _finite_numbers(config, prefix: str = "") -> None:
+  """Every number in the config is finite: nan and inf pass comparisons like `x >= 0` (or
+  fail them) with a message that reads wrong ("nan is negative")."""
+  for key, value in config.items():
+    field = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      _finite_numbers(value, field + ".")
+    for v in value if isinstance(value, (list, tuple)) else (value,):
+      _require(not isinstance(v, float) or np.isfinite(v), field,
+               f"{value!r} is not a finite number")
+
+
 def validate(config, device_count: int | None = None, check_paths: bool = True) -> None:
   """Raises ConfigError for the first invalid field found. check_paths=False: the data
   paths need not exist (modes that read only a checkpoint)."""
   device_count = device_count or jax.device_count()
+  _finite_numbers(config)
   d, m, l, t = config.data, config.model, config.loss, config.train
 
   _one_of(d.source, "data.source", SOURCES)

@@ -17,8 +17,11 @@ class RunError(Exception):
   """A run that cannot go on (non-finite loss, unwritable checkpoint): one line, exit code 1."""
 
 
-class TrainingInterrupted(Exception):
-  """SIGTERM/SIGINT: a checkpoint was saved; the same command resumes."""
+class TrainingInterrupted(BaseException):
+  """SIGTERM/SIGINT/SIGHUP: a checkpoint was saved (or, outside the training loop, nothing was
+  left half-written); the same command resumes. A BaseException, like KeyboardInterrupt, so
+  that no `except Exception` on the way (a checkpoint restore's fallback) can take it for an
+  ordinary failure."""
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)

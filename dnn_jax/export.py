@@ -296,7 +296,7 @@ def run(config, workdir: str) -> dict:
           **{k: int(v[depth - 1, width - 1]) for k, v in grid.items()}}
   grid_path = layout.eval_grid(workdir)
   if os.path.exists(grid_path):
-    acc = layout.read_json(grid_path)
+    acc = layout.read_eval_grid(workdir)
     if acc.get("checkpoint_step") == int(step):  # Not a grid of an older checkpoint.
       try:
         meta.update(accuracy=acc["accuracy"][depth - 1][width - 1], accuracy_split=acc["split"])
@@ -313,7 +313,7 @@ def run(config, workdir: str) -> dict:
       manifest = export_subnetwork(model, variables, depth, width, image_shape, out, meta,
                                    formats, _batch_sizes(e.tflite_batch_sizes))
     except OSError as err:
-      raise UserError(f"{out}: cannot write the export ({err.strerror or err})") from None
+      raise RunError(f"{out}: cannot write the export ({err.strerror or err})") from None
     for f, entry in manifest["formats"].items():
       worst = ", ".join(f"{k} {c['max_abs_diff']:.1e}" for k, c in entry["checks"].items())
       log(f"  {f}: {', '.join(entry['files'])} (max |logit diff| {worst})")

@@ -11,8 +11,11 @@ def write_atomic(path: str, data: str | bytes | bytearray) -> None:
   """Writes `data` (text or bytes) to `path`: a private temporary file in the same folder,
   flushed to disk, then renamed over `path`."""
   folder = os.path.dirname(path) or "."
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+  except OSError as e:  # Name the file the caller wanted, not the temporary one.
+    raise OSError(e.errno, f"cannot write {path}: {e.strerror}", path) from e
   try:
     with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
       f.write(data)
@@ -20,10 +23,20 @@ def write_atomic(path: str, data: str | bytes | bytearray) -> None:
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); results are ordinary files.
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError):
+      raise OSError(e.errno, f"cannot write {path}: {e.strerror}", path) from e
     raise
+
+
+def describe_os_error(e: OSError) -> str:
+  """One line for an OSError: its message, and the file it concerns unless already named."""
+  message = e.strerror or str(e)
+  if e.filename and str(e.filename) not in message:
+    message = f"{e.filename}: {message}"
+  return message
 
 
 def write_json(path: str, obj) -> None:

@@ -174,6 +174,25 @@ def _folder_files(split_dir: str) -> tuple[list[str], list[tuple[str, int]]]:
   return classes, files
 
 
+_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _rgb8(im, path: str) -> np.ndarray:
+  """The image as 8-bit RGB. 16-bit grayscale PNGs (Pillow modes I;16 and I) are scaled to
+  8 bits (Pillow's convert() would clip them: all-white images); 16-bit RGB PNGs Pillow
+  already reads as 8-bit RGB."""
+  if im.mode in _16_BIT_MODES:
+    values = np.asarray(im)
+    if values.min() < 0 or values.max() > 65535:
+      raise DataError(f"image {path}: {im.mode} pixel values outside 0..65535; give 8- or "
+                      "16-bit images")
+    gray = np.round(values.astype(np.float64) / 257.0).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if im.mode in ("F", "I;32", "I;32B"):  # Floating-point or 32-bit TIFF-like data.
+    raise DataError(f"image {path}: pixel mode {im.mode} is not an 8- or 16-bit image")
+  return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), np.uint8)
+
+
 def _decode_folder(split_dir: str, files, image_size: int) -> Split:
   """Decodes every image; grayscale, palette and CMYK images become RGB (and are counted)."""
   from PIL import Image
@@ -184,8 +203,9 @@ def _decode_folder(split_dir: str, files, image_size: int) -> Split:
       with Image.open(path) as im:
         if im.mode != "RGB":
           converted += 1
-          im = im.convert("RGB")
-        array = np.asarray(im, np.uint8)  # Decodes: truncated files fail here.
+        array = _rgb8(im, path)  # Decodes: truncated files fail here.
+    except DataError:
+      raise
     except Exception as e:
       raise DataError(f"cannot decode image {path}: {e}") from e
     size = image_size or (images[0].shape[0] if images else array.shape[0])
@@ -195,8 +215,8 @@ def _decode_folder(split_dir: str, files, image_size: int) -> Split:
     images.append(array)
     labels.append(label)
   if converted and jax.process_index() == 0:
-    print(f"{split_dir}: converted {converted} non-RGB (grayscale, palette, CMYK) images to RGB",
-          flush=True)
+    print(f"{split_dir}: converted {converted} non-RGB (grayscale, 16-bit, palette, CMYK) "
+          "images to 8-bit RGB", flush=True)
   return Split(np.stack(images), np.asarray(labels, np.int32))
 
 
@@ -213,16 +233,28 @@ def _test_files(root: str, classes: list[str], origin: str):
   return test_dir, [(f, remap[l]) for f, l in files]
 
 
+def _mtime_ns(path: str) -> int:
+  try:
+    return os.stat(path).st_mtime_ns
+  except OSError as e:  # A dangling or self-looping symlink, a file removed meanwhile.
+    raise DataError(f"cannot read image {path}: {e.strerror}") from e
+
+
 def _cached_folder(data_config, workdir, split_dir: str, files) -> Split:
   """Decodes a folder once; later loads read DIR/data_cache/<hash>.npz (no pickle)."""
   key = hashlib.sha256(json.dumps(
       [split_dir, data_config.image_size,
-       [(f, l, os.stat(os.path.join(split_dir, f)).st_mtime_ns) for f, l in files]]).encode())
+       [(f, l, _mtime_ns(os.path.join(split_dir, f))) for f, l in files]]).encode())
   cache = (os.path.join(workdir, "data_cache", f"{key.hexdigest()[:16]}.npz")
            if workdir else None)
   if cache and os.path.exists(cache):
-    with np.load(cache, allow_pickle=False) as z:
-      return Split(z["images"], z["labels"])
+    try:
+      with np.load(cache, allow_pickle=False) as z:
+        return Split(z["images"], z["labels"])
+    except Exception as e:  # Truncated or garbled (a kill mid-copy, a full disk): rebuild.
+      if jax.process_index() == 0:
+        print(f"{cache} is unreadable ({type(e).__name__}: {e}); decoding the images again",
+              flush=True)
   split = _decode_folder(split_dir, files, data_config.image_size)
   if cache and jax.process_index() == 0:
     os.makedirs(os.path.dirname(cache), exist_ok=True)

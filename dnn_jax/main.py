@@ -1,13 +1,21 @@
 """Command line: `python -m dnn_jax.main --config=configs/digits.py --workdir=DIR`."""
 
+import datetime
+import logging as std_logging
 import os
+import re
+import signal
+import socket
 import sys
+import threading
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dnn_jax import files
+from dnn_jax import interrupts
 from dnn_jax import xla_flags
 from dnn_jax.errors import RunError, TrainingInterrupted, UserError
 
@@ -88,27 +96,161 @@ def run(config, workdir: str, mode: str):
   return export.run(config, workdir)
 
 
+def _config_spec(argv) -> str:
+  """The --config value absl uses (the last one given)."""
+  spec = ""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      spec = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  return spec
+
+
+def flag_error_line(e: BaseException, argv) -> str:
+  """The one line for an error raised while parsing the flags or loading the config file."""
+  spec = _config_spec(argv)
+  innermost = e
+  while innermost.__cause__ or innermost.__context__:
+    innermost = innermost.__cause__ or innermost.__context__
+  if isinstance(e, SyntaxError):
+    return f"--config={spec}: {e.filename}, line {e.lineno}: {e.msg}"
+  if isinstance(e, OSError):  # ml_collections defers a config file's I/O error to here.
+    reason = str(e).split("failure to load: ", 1)[-1].strip().splitlines()[-1].strip()
+    return f"--config={spec}: cannot load it ({reason})"
+  if isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+    key = str(e.args[0].args[0] if e.args[0].args else e.args[0]).strip("'\"")
+    given = [a.split("=", 1)[0] for a in argv
+             if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")[1:]]
+    return f"{given[0] if given else '--config'}: the config has no field {key!r}"
+  if isinstance(e, AttributeError) and "get_config" in str(e):
+    return f"--config={spec}: {spec.split(':', 1)[0]} defines no get_config()"
+  if isinstance(e, flags.Error):
+    message = str(e)
+    required = re.search(r"Flag (--\w+) must have a value other than None", message)
+    if required:
+      return f"{required.group(1)} is required"
+    if "Error whilst parsing config file" in message:
+      return f"--config={spec}: {innermost}"
+    return message.splitlines()[0].removeprefix("flag ")
+  return f"--config={spec}: {type(innermost).__name__}: {innermost}"
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every flag and config-file error as one line and exit code 2
+  (absl alone exits 1 with a usage hint; ml_collections prints the config's traceback)."""
+  try:
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # Raises a config file's deferred I/O error (missing, a folder).
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"error: {flag_error_line(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+  if len(rest) > 1:
+    print(f"error: unexpected arguments {' '.join(rest[1:])} (flags are --name=value)",
+          file=sys.stderr)
+    sys.exit(2)
+  return rest
+
+
+class _LazyLog:
+  """A file stream opened at its first write: a run that logs nothing leaves no file."""
+
+  def __init__(self, path: str):
+    self.path, self._file = path, None
+
+  def write(self, text: str) -> None:
+    if self._file is None:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      self._file = open(self.path, "a")  # pylint: disable=consider-using-with
+      self._file.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} "
+                       f"{socket.gethostname()} pid {os.getpid()}: {' '.join(sys.argv)}\n")
+    self._file.write(text)
+
+  def flush(self) -> None:
+    if self._file is not None:
+      self._file.flush()
+
+
+def _log_to_workdir(workdir: str, mode: str) -> None:
+  """Library logs (Orbax's warnings and the tracebacks of its background threads, asyncio's
+  complaints) go to DIR/logs/<mode>.log, not the terminal: the user sees this program's own
+  lines, and the log keeps the detail. A log that cannot be written (a full disk) is dropped:
+  the run's own error line says what failed."""
+  if "://" in workdir:
+    return
+  logging.get_absl_handler().python_handler.stream = _LazyLog(
+      os.path.join(workdir, "logs", f"{mode}.log"))
+  std_logging.raiseExceptions = False  # A failing log write must not print a traceback.
+
+  def log_thread_exception(args):
+    logging.error("exception in thread %s", args.thread.name if args.thread else "?",
+                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+  def log_unraisable(args):
+    logging.error("unraisable exception (%s)", args.err_msg or args.object,
+                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+  threading.excepthook = log_thread_exception
+  sys.unraisablehook = log_unraisable
+
+
+def _exit_on_signals() -> None:
+  """Until the library is imported and JAX started (_start_up): a signal ends the process with
+  one line; nothing has been written yet."""
+  def leave(signum, frame):
+    del frame
+    _exit(f"stopped by {signal.Signals(signum).name} while starting; nothing was written",
+          128 + signum)
+  for sig in interrupts.SIGNALS:
+    signal.signal(sig, leave)
+
+
+def _start_up() -> None:
+  """Imports the library's modules and starts JAX's backends while a signal still ends the
+  process at once (_exit_on_signals): an exception raised by a signal handler inside a C
+  extension's initialisation (JAX's, Orbax's) aborts the interpreter (exit 134) or is lost."""
+  import importlib
+  import jax
+  for name in ("config_validation", "evaluate", "export", "resources", "select", "train"):
+    importlib.import_module(f"dnn_jax.{name}")
+  jax.devices()
+
+
+def _exit(line: str, code: int) -> None:
+  """Prints the one line and leaves at once: a failed run's Orbax and asyncio threads would
+  otherwise print their tracebacks while Python shuts down (everything the run keeps is
+  already on disk: checkpoints are waited for, results written atomically)."""
+  print(line, file=sys.stderr)
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # parse_flags refused extra arguments.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  if _MODE.value in ("train", "eval"):
-    xla_flags.apply_defaults()  # Before JAX creates its backends (distributed init does).
+  workdir = os.path.expanduser(_WORKDIR.value)
   try:
+    _log_to_workdir(workdir, _MODE.value)
+    if _MODE.value in ("train", "eval"):
+      xla_flags.apply_defaults()  # Before JAX creates its backends (distributed init does).
     initialize_distributed(_DISTRIBUTED.value)
-    run(_CONFIG.value, os.path.expanduser(_WORKDIR.value), _MODE.value)
+    _start_up()
+    interrupts.install()  # From here a signal raises (and `finally` blocks clean up).
+    interrupts.check()
+    run(_CONFIG.value, workdir, _MODE.value)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit(f"error: {e}", 2)
   except RunError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _exit(f"error: {e}", 1)
+  except OSError as e:  # A full disk or a read-only folder under a mode's outputs.
+    _exit(f"error: {files.describe_os_error(e)}", 1)
   except TrainingInterrupted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(128 + e.signum)
+    _exit(str(e), 128 + e.signum)
 
 
 if __name__ == "__main__":
+  _exit_on_signals()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -38,7 +38,8 @@ class MetricWriter:
       path = os.path.join(workdir, "metrics.jsonl")
       if os.path.exists(path):  # From step 0: a run killed before its first checkpoint.
         _truncate_after(path, start_step)
-      self._jsonl = open(path, "a")
+      self._path = path
+      self._jsonl = open(path, "a")  # pylint: disable=consider-using-with
       from tensorboardX import SummaryWriter
       # Events at steps > start_step are dropped (the restored step's own record stays).
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
@@ -47,10 +48,14 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-    self._jsonl.flush()
-    for k, v in scalars.items():
-      self._tb.add_scalar(k, v, int(step))
+    try:
+      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+      self._jsonl.flush()
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, int(step))
+    except OSError as e:  # A full disk: name the file.
+      raise OSError(e.errno, f"cannot write the metrics of step {step} to {self._path}: "
+                             f"{e.strerror}", self._path) from e
 
   def close(self) -> None:
     if self.enabled:

@@ -33,8 +33,9 @@ def check_limits(limits: dict) -> dict:
       raise UserError(f"unknown budget {name!r}; known: {', '.join(LIMITS)}")
     if value is None:
       continue
-    if not np.isfinite(value) or value <= 0:
-      raise UserError(f"config.budget.{name}={value}: budgets must be positive")
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not np.isfinite(value) or value <= 0):
+      raise UserError(f"config.budget.{name}={value!r}: a budget is a positive finite number")
     out[name] = float(value)
   return out
 
@@ -105,6 +106,8 @@ def read_trace(path: str) -> list[dict]:
   """A budget time series: JSON list of {limit: value} objects, or CSV with limit columns."""
   if not os.path.exists(path):
     raise UserError(f"config.budget.trace: {path} does not exist")
+  if not os.path.isfile(path):
+    raise UserError(f"config.budget.trace: {path} is not a file (give a JSON or CSV file)")
   try:
     if path.endswith(".csv"):
       with open(path, newline="") as f:
@@ -116,6 +119,8 @@ def read_trace(path: str) -> list[dict]:
       rows = [{k: v for k, v in row.items() if k != "time"} for row in rows]
   except (ValueError, TypeError, AttributeError) as e:
     raise UserError(f"config.budget.trace: cannot parse {path}: {e}") from e
+  except OSError as e:
+    raise UserError(f"config.budget.trace: cannot read {path}: {e.strerror}") from e
   if not rows:
     raise UserError(f"config.budget.trace: {path} holds no budgets")
   for i, row in enumerate(rows):

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,6 +22,7 @@ from dnn_jax import config_validation
 from dnn_jax import evaluate
 from dnn_jax import files
 from dnn_jax import input_pipeline
+from dnn_jax import interrupts
 from dnn_jax import losses
 from dnn_jax import models
 from dnn_jax import optimizer
@@ -39,14 +41,26 @@ class NonFiniteLossError(RunError):
 
 
 def _check_writable(workdir: str) -> None:
+  probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
-    os.remove(probe)
   except OSError as e:
     raise UserError(f"--workdir {workdir} is not writable ({e.strerror or e})") from e
+  finally:
+    if os.path.exists(probe):
+      os.remove(probe)
+
+
+def _close_after_failure(*closers) -> None:
+  """Closes what a failed run holds without hiding why it failed: a full disk that stopped a
+  save also fails the flush of the metric writers."""
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("closing after a failed run: %s", e)
 
 
 class _StopSignals:
@@ -54,7 +68,7 @@ class _StopSignals:
   training loop checks after every step."""
 
   def __init__(self):
-    self.signum = None
+    self.signum = interrupts.received() or None  # One whose exception was lost at start-up.
     self._previous = {}
 
   def __enter__(self):
@@ -151,6 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final state; returns the train summary (DIR/train_summary.json) with the grid as "eval"."""
   config_validation.validate(config)
   _check_writable(workdir)
+  with layout.training_lock(workdir, take=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = input_pipeline.load_dataset(config.data, workdir)
   if len(dataset.train) < config.train.batch_size:
     raise DataError(f"config.train.batch_size: {config.train.batch_size} is more than the "
@@ -223,11 +242,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
       checkpointing.save(mngr, state, config, dataset.class_names, image_shape)
       mngr.wait_until_finished()
-    except OSError as e:
+    except Exception as e:  # OSError; Orbax's ValueError('RESOURCE_EXHAUSTED: ...').
       raise RunError(f"could not write the checkpoint of step {step} to "
-                     f"{layout.checkpoints(workdir)} "
-                     f"({e.strerror or e}); the previous one, step {mngr.latest_step()}, "
-                     "is intact") from e
+                     f"{layout.checkpoints(workdir)} ({checkpointing.write_error(e)}); the "
+                     f"previous one, step {mngr.latest_step()}, is intact") from e
 
   with _StopSignals() as stop:
     try:
@@ -258,9 +276,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if mngr.latest_step() != int(jax.device_get(state.step)):
         save(total_steps)
       mngr.wait_until_finished()
-    finally:
-      writer.close()
-      mngr.close()
+    except BaseException:
+      _close_after_failure(writer.close, mngr.close)
+      raise
+  writer.close()
+  mngr.close()
 
   wall = time.time() - t_start
   summary = {"final_step": int(jax.device_get(state.step)), "wall_seconds": round(wall, 2),

@@ -9,12 +9,19 @@
   DIR/select.json, DIR/select/  --mode=select: the choice, and its Fig. 5 view
   DIR/trace/                    --mode=trace
   DIR/export/<id>/              one exported sub-network (--mode=export)
+  DIR/logs/<mode>.log           library logs (Orbax, asyncio) kept out of the terminal
+  DIR/training.lock             held by the training that writes DIR (process 0)
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import fcntl
 import json
 import os
+import socket
 
 import numpy as np
 
@@ -68,24 +75,58 @@ def export_dir(workdir: str, subnet: str) -> str:
   return os.path.join(workdir, "export", subnet)
 
 
-def read_json(path: str, missing: str = "") -> dict:
+@contextlib.contextmanager
+def training_lock(workdir: str, take: bool = True):
+  """Holds DIR/training.lock (an flock, released by the kernel however the process ends, even
+  SIGKILL) while one training writes DIR: a second one is refused instead of cutting the first
+  one's metrics and racing its checkpoints. Where the file system has no locks (some network
+  mounts) training goes on unlocked."""
+  if not take:
+    yield
+    return
+  path = os.path.join(workdir, "training.lock")
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  locked = True
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      os.close(fd)
+      raise UserError(f"--workdir {workdir} is in use by another training ({holder}); wait "
+                      "for it to end or train in another workdir") from e
+    locked = False  # No locks on this file system.
+  try:
+    if locked:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{datetime.datetime.now().isoformat(timespec='seconds')}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)
+
+
+def read_json(path: str, missing: str = "", unreadable: str = "") -> dict:
   """The JSON object in `path`; a missing or unreadable file is a UserError naming it
-  (`missing`: what to do about a missing one)."""
+  (`missing`, `unreadable`: what to do about either)."""
   if not os.path.exists(path):
     raise UserError(f"{path} does not exist" + (f": {missing}" if missing else ""))
   try:
     with open(path) as f:
       record = json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError(f"{path}: cannot read it as JSON ({type(e).__name__}: {e})") from e
+    raise UserError(f"{path}: cannot read it as JSON ({type(e).__name__}: {e})"
+                    + (f"; {unreadable}" if unreadable else "")) from e
   if not isinstance(record, dict):
-    raise UserError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    raise UserError(f"{path}: expected a JSON object, found {type(record).__name__}"
+                    + (f"; {unreadable}" if unreadable else ""))
   return record
 
 
 def read_eval_grid(workdir: str) -> dict:
   """The accuracy grid record of `workdir` (eval/grid.json)."""
-  return read_json(eval_grid(workdir), f"train and evaluate {workdir} first (--mode=eval)")
+  return read_json(eval_grid(workdir), f"train and evaluate {workdir} first (--mode=eval)",
+                   "--mode=eval writes it again")
 
 
 def read_resources_grid(workdir: str) -> dict | None:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from dnn_jax import train
+from dnn_jax.metric_writers import MetricWriter
 from tests.conftest import ROOT
 
 ARGS = ["--config=configs/tiny.py", "--config.train.num_steps=120",
@@ -163,6 +164,8 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   proc = _start(workdir, "--config.train.num_steps=20")
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 2 and "no readable checkpoint in" in err, err
+  assert len(err.splitlines()) == 1, err  # Orbax's tracebacks went to the log:
+  assert "Traceback" in (tmp_path / "logs" / "train.log").read_text()
   assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 2  # steps 10, 20
   proc = _start(workdir, "--config.train.num_steps=20")  # The same command again: still no.
   _, err = proc.communicate(timeout=300)
@@ -196,15 +199,21 @@ def test_disk_full_during_a_save_is_a_clear_error_and_latest_stays_good(tmp_path
 
   def failing_save(*args):
     calls.append(1)
-    if len(calls) == 3:  # The third save (step 15) finds the disk full.
-      raise OSError(errno.ENOSPC, "No space left on device")
+    if len(calls) == 3:  # The third save (step 15) finds the disk full, as Orbax says it.
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": Failed '
+                       "to write 14391 bytes to file 11: No space left on device "
+                       "[os_error_code='28']")
     real_save(*args)
 
+  def failing_close(self):  # The full disk fails the metric writers' last flush too.
+    raise OSError(errno.ENOSPC, "No space left on device")
+
   monkeypatch.setattr(checkpointing, "save", failing_save)
-  with pytest.raises(RunError, match="could not write the checkpoint of step 15 .*No space "
-                                     "left on device.*step 10, is intact"):
+  monkeypatch.setattr(MetricWriter, "close", failing_close)
+  with pytest.raises(RunError, match="could not write the checkpoint of step 15 .*[(]No space "
+                                     "left on device[)]; the previous one, step 10, is intact"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
-  monkeypatch.setattr(checkpointing, "save", real_save)
+  monkeypatch.undo()
   assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [5, 10]
   assert train.train_and_evaluate(tiny_config, str(tmp_path))["resumed_from_step"] == 10
 
@@ -262,3 +271,85 @@ def test_evaluating_images_of_another_shape_stops_before_anything_is_written(tmp
                                       r"model was trained on \(8, 8, 1\)"):
     evaluate.evaluate(tiny_config, workdir)
   assert (tmp_path / "eval" / "grid.json").read_text() == grid
+
+
+def _mount_tmpfs(path, size):
+  os.makedirs(path)
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+  if result.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+
+
+def test_a_really_full_disk_is_one_line_and_the_last_checkpoint_stays_good(tmp_path):
+  disk = tmp_path / "disk"
+  _mount_tmpfs(disk, "400k")  # Room for the checkpoints of steps 5 and 10, not 15.
+  try:
+    workdir = disk / "run"
+    proc = _start(workdir, "--config.train.num_steps=20", "--config.checkpoint.every_steps=5")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines() == [
+        f"error: could not write the checkpoint of step 15 to {workdir}/checkpoints (No space "
+        "left on device); the previous one, step 10, is intact"], err
+    assert not [f for f in os.listdir(disk / "run") if f.startswith(".write_probe")]
+    result = subprocess.run([sys.executable, "-m", "dnn_jax.main", f"--workdir={workdir}",
+                             *ARGS, "--mode=eval"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "No space left on device" in result.stderr and "eval/" in result.stderr
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_second_training_in_the_same_workdir_is_refused(tmp_path, tiny_config):
+  from dnn_jax import workdir as layout
+  from dnn_jax.errors import UserError
+  with layout.training_lock(str(tmp_path)):
+    with pytest.raises(UserError, match=f"--workdir {tmp_path} is in use by another training "
+                                        rf"\(pid {os.getpid()} on "):
+      train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "metrics.jsonl")  # The first one's files untouched.
+  tiny_config.train.num_steps = 5
+  assert train.train_and_evaluate(tiny_config, str(tmp_path))["final_step"] == 5
+
+
+def test_a_failed_write_probe_leaves_no_file(tmp_path, monkeypatch):
+  import builtins
+  import errno
+  from dnn_jax.errors import UserError
+  real_open = builtins.open
+
+  class FullFile:
+    def __init__(self, path, mode):
+      self._f = real_open(path, mode)
+
+    def __enter__(self):
+      return self
+
+    def write(self, _):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __exit__(self, *exc):
+      self._f.close()
+
+  monkeypatch.setattr(train, "open", FullFile, raising=False)
+  with pytest.raises(UserError, match="is not writable [(]No space left on device[)]"):
+    train._check_writable(str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig,when", [(signal.SIGINT, "importing"),
+                                      (signal.SIGTERM, "compiling")])
+def test_a_signal_during_start_up_is_one_line(tmp_path, sig, when):
+  proc = _start(tmp_path)
+  if when == "importing":
+    time.sleep(0.5)
+  else:  # The model is built; the first step is being compiled.
+    assert proc.stdout.readline().startswith("DNNet: ")
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + sig, err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"stopped by {signal.Signals(sig).name}"), err

@@ -189,6 +189,67 @@ def test_image_folder_grayscale_is_converted_and_truncated_files_are_named(tiny_
     input_pipeline.load_dataset(tiny_config.data)
 
 
+def _png16(pixels) -> bytes:
+  """A 16-bit PNG (grayscale for H x W, RGB for H x W x 3 uint16 pixels), written by hand:
+  Pillow writes 16-bit grayscale but not 16-bit RGB."""
+  import struct
+  import zlib
+  h, w = pixels.shape[:2]
+  rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+  chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                              + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+  header = struct.pack(">IIBBBBB", w, h, 16, 0 if pixels.ndim == 2 else 2, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+          + chunk(b"IEND", b""))
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits_not_clipped(tiny_config, tmp_path):
+  root = str(tmp_path)
+  _write_folder(root, "train", ["a", "b"], 3)
+  tiny_config.data.source, tiny_config.data.root = "image_folder", root
+  tiny_config.data.eval_split = "validation"
+  tiny_config.data.validation_fraction = 0.3
+  gray = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)  # 0 .. 63,000
+  rgb = np.stack([gray, gray // 2, 65535 - gray], -1)
+  (tmp_path / "train" / "a" / "gray16.png").write_bytes(_png16(gray))
+  (tmp_path / "train" / "b" / "rgb16.png").write_bytes(_png16(rgb))
+  ds = input_pipeline.load_dataset(tiny_config.data)
+  decoded = np.concatenate([ds.train.images, ds.eval.images]).astype(int)
+  for sixteen in (np.repeat(gray[..., None], 3, -1), rgb):
+    want = np.round(sixteen / 257.0)
+    assert any(np.abs(img - want).max() <= 1 for img in decoded)  # Not all-255.
+
+
+def test_dangling_and_looping_symlinks_are_named(tiny_config, tmp_path):
+  root = str(tmp_path)
+  _write_folder(root, "train", ["a", "b"], 3)
+  tiny_config.data.source, tiny_config.data.root = "image_folder", root
+  tiny_config.data.eval_split = "validation"
+  loop = tmp_path / "train" / "a" / "loop.png"
+  os.symlink(loop, loop)
+  with pytest.raises(DataError, match="cannot read image .*loop.png: Too many levels"):
+    input_pipeline.load_dataset(tiny_config.data, str(tmp_path / "run"))
+  loop.unlink()
+  os.symlink(tmp_path / "gone.png", tmp_path / "train" / "b" / "dangling.png")
+  with pytest.raises(DataError, match="cannot read image .*dangling.png: No such file"):
+    input_pipeline.load_dataset(tiny_config.data, str(tmp_path / "run"))
+
+
+def test_a_truncated_data_cache_is_rebuilt(tiny_config, tmp_path, capsys):
+  root, workdir = str(tmp_path / "data"), str(tmp_path / "run")
+  _write_folder(root, "train", ["a", "b"], 3)
+  tiny_config.data.source, tiny_config.data.root = "image_folder", root
+  tiny_config.data.eval_split = "validation"
+  first = input_pipeline.load_dataset(tiny_config.data, workdir)
+  (cache,) = (tmp_path / "run" / "data_cache").iterdir()
+  cache.write_bytes(cache.read_bytes()[:100])
+  again = input_pipeline.load_dataset(tiny_config.data, workdir)
+  assert "is unreadable" in capsys.readouterr().out
+  np.testing.assert_array_equal(again.train.images, first.train.images)
+  again = input_pipeline.load_dataset(tiny_config.data, workdir)  # The rebuilt cache reads.
+  assert "is unreadable" not in capsys.readouterr().out
+
+
 def test_labels_outside_the_classes_are_an_error():
   split = input_pipeline.Split(np.zeros((3, 2, 2, 1), np.uint8), np.array([0, 9, 10], np.int32))
   with pytest.raises(DataError, match="example 2 has label 10, outside the 10 classes"):

@@ -100,3 +100,44 @@ def test_cli_trains_then_evaluates(tmp_path):
   assert recorded.startswith(own), recorded
   for name, value in expected.items():
     assert f"--{name}={value}" in recorded.split(), recorded
+
+
+def test_config_file_and_flag_errors_are_one_line_and_exit_code_2(tmp_path):
+  (tmp_path / "syntax.py").write_text("def get_config(:\n")
+  (tmp_path / "noget.py").write_text("X = 1\n")
+  (tmp_path / "folder").mkdir()
+  workdir = f"--workdir={tmp_path}/run"
+  cases = [  # (arguments, the line's start)
+      ([f"--config={tmp_path}/missing.py", workdir],
+       f"--config={tmp_path}/missing.py: cannot load it ([Errno 2] No such file"),
+      ([f"--config={tmp_path}/folder", workdir], "cannot load it ([Errno 21] Is a directory"),
+      ([f"--config={tmp_path}/syntax.py", workdir], f"{tmp_path}/syntax.py, line 1:"),
+      ([f"--config={tmp_path}/noget.py", workdir], "noget.py defines no get_config()"),
+      (["--config=configs/tiny.py", "--config.model.nonexistent=1", workdir],
+       "--config.model.nonexistent: the config has no field 'nonexistent'"),
+      (["--config=configs/tiny.py", "--config.train.num_steps=abc", workdir],
+       "--config.train.num_steps=abc: invalid literal for int()"),
+      (["--config=configs/baseline.py:tiny,bogus", workdir], "kind 'bogus' is not one of"),
+      (["--config=configs/baseline.py:nobase,plain", workdir], "base 'nobase' is not one of"),
+      (["--config=configs/baseline.py:tiny,plain,x", workdir], "WIDTH 'x' is not a number"),
+      (["--config=configs/tiny.py", "--mode=bogus", workdir], "--mode=bogus: value should be"),
+      (["--config=configs/tiny.py"], "--workdir is required"),
+      (["--config=configs/tiny.py", workdir, "--nosuchflag"], "Unknown command line flag"),
+      (["--config=configs/tiny.py", workdir, "extra"], "unexpected arguments extra"),
+  ]
+  for args, start in cases:
+    result = _main(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
+    assert lines[0].startswith("error: ") and start in lines[0], (args, lines[0])
+  assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("field,value", [("train.warmup_epochs", float("nan")),
+                                         ("train.learning_rate", float("inf")),
+                                         ("data.std", (float("nan"),))])
+def test_non_finite_numbers_are_named_as_such(tiny_config, field, value):
+  section, name = field.split(".")
+  tiny_config[section][name] = value
+  with pytest.raises(ConfigError, match=f"^config.{field}: .* is not a finite number$"):
+    config_validation.validate(tiny_config, device_count=1)

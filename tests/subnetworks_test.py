@@ -18,7 +18,7 @@ from dnn_jax import resources
 from dnn_jax import select
 from dnn_jax import subnetwork
 from dnn_jax import train
-from dnn_jax.errors import UserError
+from dnn_jax.errors import RunError, UserError
 from tests.conftest import ROOT
 from tests.helpers import images as _images
 from tests.helpers import model_config as _model_config
@@ -139,7 +139,7 @@ def test_select_picks_the_most_accurate_feasible_cell_and_breaks_ties_by_cost():
   assert select.select(acc, res, {"macs": 10}, columns=[1])["id"] == "D3W1"
   front = select.pareto_front(acc, res, ("macs",))
   assert [r["id"] for r in front] == ["D1W1", "D1W2", "D2W1", "D3W1", "D3W2"]
-  with pytest.raises(UserError, match="must be positive"):
+  with pytest.raises(UserError, match="a budget is a positive finite number"):
     select.check_limits({"macs": 0})
   with pytest.raises(UserError, match="run --mode=resources"):
     select.feasible(res, {"latency_ms": 5.0})
@@ -257,6 +257,62 @@ def test_bad_sub_network_requests_fail_with_one_line(trained_workdir, tmp_path):
                  "--config.budget.macs=1e9")
   assert result.returncode == 2 and "has shape (1, 2), expected (3, 2)" in result.stderr
   assert not os.path.exists(bad / "select.json")
+
+
+def test_bad_traces_grids_and_export_targets_are_named(trained_workdir, tmp_path):
+  import shutil
+  from dnn_jax import main
+  config, workdir = trained_workdir
+  config = config.copy_and_resolve_references()
+  (tmp_path / "words.json").write_text(json.dumps([{"macs": "abc"}]))
+  config.budget.trace = str(tmp_path / "words.json")
+  with pytest.raises(UserError, match=r"step 0: config.budget.macs='abc': a budget is a "
+                                      "positive finite number"):
+    main.run(config, workdir, "trace")
+  config.budget.trace = str(tmp_path)
+  with pytest.raises(UserError, match="config.budget.trace: .* is not a file"):
+    main.run(config, workdir, "trace")
+  config.budget.trace = ""
+  config.export.subnet, config.export.format = "D1W1", "stablehlo"
+  config.export.dir = str(tmp_path / "words.json")
+  with pytest.raises(UserError, match="the export target exists and is not a directory"):
+    main.run(config, workdir, "export")
+  garbled = str(tmp_path / "garbled")
+  shutil.copytree(workdir, garbled)
+  with open(os.path.join(garbled, "eval", "grid.json"), "w") as f:
+    f.write('{"accuracy": [[0.5')
+  config.export.dir = ""
+  with pytest.raises(UserError, match="grid.json: cannot read it as JSON .*--mode=eval "
+                                      "writes it again"):
+    main.run(config, garbled, "export")
+
+
+def test_a_full_disk_in_any_mode_is_an_error_naming_the_file_and_keeps_the_old_results(
+    trained_workdir, tmp_path, monkeypatch):
+  import errno
+  import shutil
+  from dnn_jax import files, main
+  config, workdir = trained_workdir
+  config = config.copy_and_resolve_references()
+  workdir_copy = str(tmp_path / "run")
+  shutil.copytree(workdir, workdir_copy)
+  grid = (tmp_path / "run" / "eval" / "grid.json").read_bytes()
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(files.tempfile, "mkstemp", full)
+  config.budget.macs, config.export.subnet, config.export.format = 1e9, "D1W1", "stablehlo"
+  config.resources.repeats = 1
+  for mode, written in (("eval", "eval/grid.json"), ("resources", "resources/grid.json"),
+                        ("select", "select.json")):
+    with pytest.raises(OSError, match=f"cannot write .*{written}: No space left on device"):
+      main.run(config, workdir_copy, mode)
+  monkeypatch.undo()
+  monkeypatch.setattr(export.tempfile, "mkdtemp", full)
+  with pytest.raises(RunError, match="cannot write the export"):
+    main.run(config, workdir_copy, "export")
+  assert (tmp_path / "run" / "eval" / "grid.json").read_bytes() == grid
+  assert not [f for _, _, names in os.walk(workdir_copy) for f in names if f.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("shortcut", ["projection", "pad"])
