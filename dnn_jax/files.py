@@ -15,7 +15,7 @@ def write_atomic(path: str, data: str | bytes | bytearray) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
   except OSError as e:  # Name the file the caller wanted, not the temporary one.
-    raise OSError(e.errno, f"cannot write {path}: {e.strerror}", path) from e
+    raise cannot_write(path, e) from e
   try:
     with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
       f.write(data)
@@ -27,8 +27,15 @@ def write_atomic(path: str, data: str | bytes | bytearray) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     if isinstance(e, OSError):
-      raise OSError(e.errno, f"cannot write {path}: {e.strerror}", path) from e
+      raise cannot_write(path, e) from e
     raise
+
+
+def cannot_write(path: str, e: OSError, what: str = "") -> OSError:
+  """`e` (a full disk, a read-only folder) as an OSError that names `path` (and `what` was
+  being written there), for the one line main prints."""
+  return OSError(e.errno, f"cannot write {what + ' to ' if what else ''}{path}: {e.strerror}",
+                 path)
 
 
 def describe_os_error(e: OSError) -> str:

@@ -1,11 +1,11 @@
 """SIGTERM, SIGINT and SIGHUP outside the training loop (train._StopSignals handles them in it,
 saving a checkpoint first).
 
-Outside the loop a signal raises TrainingInterrupted at once: every file is written whole
-(atomically), so nothing is lost and the same command resumes. A handler's exception can be
-lost, though, when the signal lands inside a C extension's initialisation (importing JAX takes
-seconds); the signal is therefore also recorded, and `check()` (after start-up) and the training
-loop act on it.
+Once the library is imported and JAX started (main._start_up; before that a signal ends the
+process at once), a signal outside the loop raises TrainingInterrupted: every file is written
+whole (atomically), so nothing is lost and the same command resumes. C++ code that calls back
+into Python can still swallow a handler's exception, so the signal is also recorded, and the
+training loop stops on it (`received`).
 """
 
 from __future__ import annotations
@@ -39,9 +39,3 @@ def install() -> None:
 def received() -> int:
   """The first signal received since install(), or 0."""
   return _received[0] if _received else 0
-
-
-def check() -> None:
-  """Raises TrainingInterrupted if a signal arrived whose exception may have been lost."""
-  if _received:
-    raise _interrupted(_received[0])

@@ -238,7 +238,6 @@ def main(argv):
     initialize_distributed(_DISTRIBUTED.value)
     _start_up()
     interrupts.install()  # From here a signal raises (and `finally` blocks clean up).
-    interrupts.check()
     run(_CONFIG.value, workdir, _MODE.value)
   except UserError as e:
     _exit(f"error: {e}", 2)

@@ -54,8 +54,7 @@ class MetricWriter:
       for k, v in scalars.items():
         self._tb.add_scalar(k, v, int(step))
     except OSError as e:  # A full disk: name the file.
-      raise OSError(e.errno, f"cannot write the metrics of step {step} to {self._path}: "
-                             f"{e.strerror}", self._path) from e
+      raise files.cannot_write(self._path, e, f"the metrics of step {step}") from e
 
   def close(self) -> None:
     if self.enabled:

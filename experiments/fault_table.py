@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import json
 import os
 import platform
 import shutil
@@ -31,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dnn_jax import files  # pylint: disable=wrong-import-position
+from tests.helpers import rewrite_with_other_values, truncate_data_files  # pylint: disable=wrong-import-position
 
 TINY = ["--config=configs/tiny.py"]
 
@@ -73,25 +73,6 @@ def _folder_args(root):
           "--config.data.eval_split=validation", "--config.data.validation_fraction=0.25",
           "--config.train.batch_size=8", "--config.eval.batch_size=8",
           "--config.data.mean=(127.5,127.5,127.5)", "--config.data.std=(100.0,100.0,100.0)"]
-
-
-def _truncate_data_files(step_dir):
-  for root, _, names in os.walk(step_dir):
-    for name in names:
-      if "metadata" not in name and not name.startswith("_"):
-        path = os.path.join(root, name)
-        with open(path, "r+b") as f:
-          f.truncate(max(os.path.getsize(path) // 3, 1))
-
-
-def _rewrite_with_other_values(step_dir):
-  import orbax.checkpoint as ocp
-  path = os.path.join(step_dir, "state")
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.restore(path)
-    tree["params"]["stem"]["kernel"] = np.asarray(tree["params"]["stem"]["kernel"]) + 0.5
-    shutil.rmtree(path)
-    checkpointer.save(path, tree)
 
 
 class Scratch:
@@ -148,7 +129,7 @@ def cases(s: Scratch):
   def garbled_checkpoint_bytes():
     wd = s.copy("bytes")
     shutil.rmtree(os.path.join(wd, "checkpoints", "20"))
-    _rewrite_with_other_values(os.path.join(wd, "checkpoints", "15"))
+    rewrite_with_other_values(os.path.join(wd, "checkpoints", "15"))
     return TINY + [f"--workdir={wd}", "--config.train.num_steps=25"], None
 
   def sixteen_bit():
@@ -200,7 +181,7 @@ def cases(s: Scratch):
   def none_readable():
     wd = s.copy("unreadable")
     for step in os.listdir(os.path.join(wd, "checkpoints")):
-      _truncate_data_files(os.path.join(wd, "checkpoints", step))
+      truncate_data_files(os.path.join(wd, "checkpoints", step))
     return TINY + [f"--workdir={wd}", "--config.train.num_steps=25"], None
 
   def config_file(name, text):

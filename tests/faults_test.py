@@ -12,6 +12,7 @@ import pytest
 from dnn_jax import train
 from dnn_jax.metric_writers import MetricWriter
 from tests.conftest import ROOT
+from tests.helpers import rewrite_with_other_values, truncate_data_files
 
 ARGS = ["--config=configs/tiny.py", "--config.train.num_steps=120",
         "--config.train.log_every_steps=2", "--config.checkpoint.every_steps=10",
@@ -91,38 +92,14 @@ def test_sigkill_at_arbitrary_moments_then_resume_gives_the_same_run(tmp_path, r
   assert steps == list(range(2, 121, 2)), steps
 
 
-def _corrupt(step_dir):
-  """Truncates every data file of a checkpoint step."""
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      if "metadata" not in name and not name.startswith("_"):
-        with open(os.path.join(root, name), "r+b") as f:
-          f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
-
-
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_config):
   workdir = str(tmp_path)
   first = train.train_and_evaluate(tiny_config, workdir)  # Checkpoints 5..20 (keeps 10).
-  _corrupt(os.path.join(workdir, "checkpoints", "20"))
+  truncate_data_files(os.path.join(workdir, "checkpoints", "20"))
   again = train.train_and_evaluate(tiny_config, workdir)
   assert again["resumed_from_step"] == 15
   assert again["params_sha256"] == first["params_sha256"]
   assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))  # Moved aside, not deleted.
-
-
-def _rewrite_with_other_values(step_dir):
-  """Rewrites a checkpoint's state with one parameter changed, as valid Orbax files: what
-  bytes changed on disk can look like when every file still reads."""
-  import numpy as np
-  import orbax.checkpoint as ocp
-  path = os.path.join(step_dir, "state")
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.restore(path)
-    kernel = tree["params"]["stem"]["kernel"]
-    tree["params"]["stem"]["kernel"] = np.asarray(kernel) + 0.5
-    import shutil
-    shutil.rmtree(path)
-    checkpointer.save(path, tree)
 
 
 def test_bytes_changed_inside_a_checkpoint_are_caught_and_the_run_ends_as_uninterrupted(
@@ -131,7 +108,7 @@ def test_bytes_changed_inside_a_checkpoint_are_caught_and_the_run_ends_as_uninte
   first = train.train_and_evaluate(tiny_config, workdir)  # Checkpoints 5..20.
   import shutil
   shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
-  _rewrite_with_other_values(os.path.join(workdir, "checkpoints", "15"))
+  rewrite_with_other_values(os.path.join(workdir, "checkpoints", "15"))
   again = train.train_and_evaluate(tiny_config, workdir)
   assert again["resumed_from_step"] == 10
   assert again["params_sha256"] == first["params_sha256"]
@@ -143,7 +120,7 @@ def test_eval_and_export_fall_back_past_unreadable_and_garbled_checkpoints(tmp_p
   from dnn_jax import evaluate, main
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config, workdir)  # Checkpoints 5..20.
-  _corrupt(os.path.join(workdir, "checkpoints", "20"))
+  truncate_data_files(os.path.join(workdir, "checkpoints", "20"))
   record = evaluate.evaluate(tiny_config, workdir)
   assert record["checkpoint_step"] == 15
   with open(os.path.join(workdir, "checkpoints", "15", "config", "metadata"), "w") as f:
@@ -160,7 +137,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   proc = _start(workdir, "--config.train.num_steps=20")
   proc.communicate(timeout=300)
   for step in os.listdir(os.path.join(workdir, "checkpoints")):
-    _corrupt(os.path.join(workdir, "checkpoints", step))
+    truncate_data_files(os.path.join(workdir, "checkpoints", step))
   proc = _start(workdir, "--config.train.num_steps=20")
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 2 and "no readable checkpoint in" in err, err

@@ -1,7 +1,11 @@
-"""Helpers shared by the model and sub-network tests."""
+"""Helpers shared by the tests (and experiments/fault_table.py, which replays their faults)."""
+
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dnn_jax import config_base
 
@@ -32,3 +36,25 @@ def random_variables(model, image_shape, seed=0):
 
 def images(shape, seed=3):
   return jax.random.uniform(jax.random.key(seed), shape, minval=0, maxval=255)
+
+
+def truncate_data_files(step_dir):
+  """Truncates every data file of a checkpoint step."""
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      if "metadata" not in name and not name.startswith("_"):
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
+
+
+def rewrite_with_other_values(step_dir):
+  """Rewrites a checkpoint's state with one parameter changed, as valid Orbax files: what
+  bytes changed on disk can look like when every file still reads."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(step_dir, "state")
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.restore(path)
+    kernel = tree["params"]["stem"]["kernel"]
+    tree["params"]["stem"]["kernel"] = np.asarray(kernel) + 0.5
+    shutil.rmtree(path)
+    checkpointer.save(path, tree)
