@@ -303,9 +303,9 @@ def test_a_full_disk_in_any_mode_is_an_error_naming_the_file_and_keeps_the_old_r
   monkeypatch.setattr(files.tempfile, "mkstemp", full)
   config.budget.macs, config.export.subnet, config.export.format = 1e9, "D1W1", "stablehlo"
   config.resources.repeats = 1
-  for mode, written in (("eval", "eval/grid.json"), ("resources", "resources/grid.json"),
-                        ("select", "select.json")):
-    with pytest.raises(OSError, match=f"cannot write .*{written}: No space left on device"):
+  for mode, written in (("eval", "eval/"), ("resources", "resources/"), ("select", "select")):
+    with pytest.raises(OSError, match=f"cannot write .*{written}[^ ]*: No space left on "
+                                      "device"):
       main.run(config, workdir_copy, mode)
   monkeypatch.undo()
   monkeypatch.setattr(export.tempfile, "mkdtemp", full)
