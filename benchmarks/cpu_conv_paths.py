@@ -141,10 +141,10 @@ def main():
   unknown = sorted(set(names) - set(PATHS))
   if unknown:
     ap.error(f"--paths: unknown {unknown}; choose from {', '.join(PATHS)}")
-  from dnn_jax import files
+  from dnn_jax import files, runtimes
   t0 = time.time()
   record = {"preset": args.preset, "batch": args.batch, "machine": platform.node(),
-            "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpu_count": os.cpu_count(), "software": runtimes.software(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": " ".join(sys.argv), "paths": {n: {"xla_flags": PATHS[n], "rounds": []}
                                                      for n in names}}
   for r in range(args.rounds):

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnn_jax import config_base, files, input_pipeline, losses, models, optimizer, resources, state as state_lib, subnetwork, train, xla_flags  # noqa
+from dnn_jax import config_base, files, input_pipeline, losses, models, optimizer, resources, runtimes, state as state_lib, subnetwork, train, xla_flags  # noqa
 
 ARGS = None
 
@@ -378,6 +378,7 @@ def main():
             "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
             "machine": platform.node(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
+            "software": runtimes.software(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": ("DNN_JAX_XLA_DEFAULTS=0 " if os.environ.get("DNN_JAX_XLA_DEFAULTS") == "0"
                         else "") + " ".join(sys.argv),

@@ -56,6 +56,16 @@ def version(dist: str) -> str | None:
     return None
 
 
+# The training stack whose versions a run records (train summaries, benchmark JSONs).
+STACK = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
+
+
+def software() -> dict[str, str | None]:
+  """Python's version and the installed version of each distribution in STACK."""
+  import platform
+  return {"python": platform.python_version(), **{d: version(d) for d in STACK}}
+
+
 def available() -> list[str]:
   return [r for r in RUNTIMES if not missing(r)]
 

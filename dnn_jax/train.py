@@ -26,6 +26,7 @@ from dnn_jax import interrupts
 from dnn_jax import losses
 from dnn_jax import models
 from dnn_jax import optimizer
+from dnn_jax import runtimes
 from dnn_jax import state as state_lib
 from dnn_jax import workdir as layout
 from dnn_jax import xla_flags
@@ -288,7 +289,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
              "params_sha256": state_lib.params_sha256(state.params),
              "num_params": n_params, "devices": jax.device_count(),
              "processes": jax.process_count(), "backend": jax.default_backend(),
-             "xla_flags": xla_flags.current()}
+             "xla_flags": xla_flags.current(), "software": runtimes.software()}
   if jax.process_index() == 0:
     files.write_json(layout.train_summary(workdir), summary)
   log(f"Training done: step {summary['final_step']} in {duration(wall)}; "

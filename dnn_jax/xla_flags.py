@@ -1,9 +1,10 @@
 """XLA flags the command line sets by default, from measurements.
 
-On jaxlib 0.10's CPU backend, convolutions go to XLA's Eigen runtime instead of YNNPACK: the
-train step and the grid evaluation are faster, batch-1 latency is not, so only training and
-evaluation get the flag (numbers: BENCHMARKS.md, "XLA:CPU convolution flag"; rerun
-`benchmarks/cpu_conv_paths.py` before adding a jaxlib version).
+On jaxlib 0.10's and 0.12's CPU backends, convolutions go to XLA's Eigen runtime instead of
+YNNPACK: the train step and the grid evaluation are faster, batch-1 latency is not, so only
+training and evaluation get the flag (numbers: BENCHMARKS.md, "XLA:CPU convolution flag" and
+"Python 3.11, 3.12, 3.13 and JAX 0.10, 0.12"; rerun `benchmarks/cpu_conv_paths.py` and
+`benchmarks/interpreters.py` before adding a jaxlib version).
 
 XLA reads XLA_FLAGS once, when JAX first creates its backends, and aborts on a flag it does
 not know: the default is applied only before that, only on the jaxlib versions it was measured
@@ -20,6 +21,7 @@ import re
 # flag name -> value, per jaxlib (major, minor) it was measured on.
 CPU_DEFAULTS = {
     (0, 10): {"xla_cpu_experimental_ynn_fusion_type": "individual_dot,eltwise,reduce"},
+    (0, 12): {"xla_cpu_experimental_ynn_fusion_type": "individual_dot,eltwise,reduce"},
 }
 
 

@@ -64,6 +64,7 @@ def test_single_width_head_equals_the_cumulative_head():
                                head.apply(hvars, feats)[:, -1], atol=1e-5)
 
 
+@pytest.mark.core
 def test_stablehlo_export_is_batch_polymorphic_and_checked(net, tmp_path, no_iree):
   model, variables = net
   out = str(tmp_path / "D4W2")

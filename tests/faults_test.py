@@ -56,7 +56,8 @@ def reference_sha(tmp_path_factory):
   return _sha(workdir)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.core),
+                                 signal.SIGINT, signal.SIGHUP])
 def test_signal_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, reference_sha, sig):
   workdir = str(tmp_path)
   proc = _start(workdir)

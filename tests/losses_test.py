@@ -90,6 +90,7 @@ def _exit_readers(model_config, num_classes=5):
   return variables["params"], readers
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("shortcut", ["projection", "pad"])
 def test_gradient_factors_are_means_over_the_exits_autodiff_finds(shortcut):
   cfg = ml_collections.ConfigDict({
@@ -144,6 +145,7 @@ def _ce(logits, labels):
   return -np.take_along_axis(_log_softmax(logits), labels[:, None, None, None], -1)[..., 0].mean(0)
 
 
+@pytest.mark.core
 def test_joint_loss_is_the_lambda_weighted_mean_of_exit_losses():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(4, 3, 2, 5)).astype(np.float32)

@@ -15,6 +15,7 @@ from tests.conftest import ROOT
 CONFIGS = ["digits", "cifar10", "cifar10_cpu", "svhn", "tiny"]
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_are_valid(name, tmp_path):
   config = importlib.import_module(f"configs.{name}").get_config()
@@ -85,6 +86,7 @@ def test_cli_eval_without_a_checkpoint_fails_cleanly(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.core
 def test_cli_trains_then_evaluates(tmp_path):
   own = "--xla_force_host_platform_device_count=1"
   result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}",
@@ -102,6 +104,7 @@ def test_cli_trains_then_evaluates(tmp_path):
     assert f"--{name}={value}" in recorded.split(), recorded
 
 
+@pytest.mark.core
 def test_config_file_and_flag_errors_are_one_line_and_exit_code_2(tmp_path):
   (tmp_path / "syntax.py").write_text("def get_config(:\n")
   (tmp_path / "noget.py").write_text("X = 1\n")

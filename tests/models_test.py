@@ -133,6 +133,7 @@ def test_depth_causality_of_the_whole_network(depth):
     assert not np.allclose(a[:, depth:], b[:, depth:])
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("shortcut", ["projection", "pad"])
 def test_fused_exits_equal_each_sub_network_computed_on_its_own(shortcut):
   """Every cell of the one-pass grid equals the separately built, sliced sub-network."""

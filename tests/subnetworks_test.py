@@ -157,6 +157,7 @@ def trained_workdir(tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.core
 def test_resources_select_trace_and_export_modes(trained_workdir, tmp_path):
   from dnn_jax import main
   config, workdir = trained_workdir

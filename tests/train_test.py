@@ -2,11 +2,13 @@
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 
 import jax
+import jaxlib
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -90,6 +92,10 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tiny_config, tmp_path):
     on_disk = json.load(f)
   assert on_disk["params_sha256"] == summary["params_sha256"]
   assert {"final_step", "wall_seconds", "params_sha256"} <= set(on_disk)
+  # The run records what it ran with.
+  assert on_disk["software"]["jax"] == jax.__version__
+  assert on_disk["software"]["jaxlib"] == jaxlib.__version__
+  assert on_disk["software"]["python"] == platform.python_version()
 
   record = evaluate.evaluate(tiny_config, workdir)
   with open(os.path.join(workdir, "eval", "grid.json")) as f:
@@ -103,6 +109,7 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tiny_config, tmp_path):
   assert os.path.getsize(os.path.join(workdir, "eval", "accuracy.png")) > 1000
 
 
+@pytest.mark.core
 def test_same_seed_same_run_and_resume_equals_uninterrupted(tiny_config, tmp_path):
   full = str(tmp_path / "full")
   a = train.train_and_evaluate(tiny_config, full)

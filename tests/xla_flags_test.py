@@ -10,6 +10,8 @@ import pytest
 from dnn_jax import xla_flags
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.core  # Version-specific: CI runs it on the newest JAX too.
+
 FLAG = "xla_cpu_experimental_ynn_fusion_type"
 MEASURED = (0, 10)
 
