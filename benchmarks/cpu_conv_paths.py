@@ -144,7 +144,8 @@ def main():
   from dnn_jax import files, runtimes
   t0 = time.time()
   record = {"preset": args.preset, "batch": args.batch, "machine": platform.node(),
-            "cpu_count": os.cpu_count(), "software": runtimes.software(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpu_count": os.cpu_count(), "software": runtimes.software(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": " ".join(sys.argv), "paths": {n: {"xla_flags": PATHS[n], "rounds": []}
                                                      for n in names}}
   for r in range(args.rounds):

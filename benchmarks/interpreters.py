@@ -6,10 +6,10 @@
 
 Each --python is an interpreter with dnn_jax installed (`pip install -e .`); --torch_python
 one with torch (any Python; by default the first --python that imports it). In every round
-each installation runs `benchmarks/run.py --sections resnet32_reference` in a child process
-(the ResNet-32, the DNNet paper preset with all 352 exits and the dense network of its
-channels, timed interleaved) and `--sections hardware --preset cpu` (the reduced-scale DNNet
-of configs/cifar10_cpu.py), once with the library's default XLA flags and, with --jax_defaults,
+each installation runs `benchmarks/run.py --preset cpu --sections resnet32_reference,hardware`
+in a child process (the ResNet-32, the DNNet paper preset with all 352 exits and the dense
+network of its channels, timed interleaved; then the reduced-scale DNNet of
+configs/cifar10_cpu.py), once with the library's default XLA flags and, with --jax_defaults,
 once more with DNN_JAX_XLA_DEFAULTS=0 (JAX's own defaults), then PyTorch's ResNet-32 step in
 a child of the first interpreter that imports torch (skipped, with a printed line, where none
 does; PyTorch is never a dependency of dnn_jax). The order of the children is reversed every
@@ -30,18 +30,22 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
 STEPS = ("resnet32", "dnnet_paper", "dense_same_channels")
 
 
 def software(python: str) -> dict:
-  """Python, JAX, jaxlib and (if importable) torch versions of an interpreter."""
-  code = ("import importlib.metadata as m, json, platform\n"
+  """runtimes.software() as another interpreter sees it, plus torch where installed (that
+  interpreter need not have dnn_jax)."""
+  from dnn_jax import runtimes
+  code = ("import importlib.metadata as m, json, platform, sys\n"
           "v = {'python': platform.python_version()}\n"
-          "for d in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'torch'):\n"
+          "for d in sys.argv[1:]:\n"
           "  try: v[d] = m.version(d)\n"
           "  except m.PackageNotFoundError: pass\n"
           "print(json.dumps(v))")
-  proc = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+  proc = subprocess.run([python, "-c", code, *runtimes.STACK, "torch"], capture_output=True,
+                        text=True, check=False)
   if proc.returncode:
     sys.exit(f"--python {python}: cannot run it ({proc.stderr.strip()[-200:]})")
   return json.loads(proc.stdout)
@@ -104,8 +108,7 @@ def torch_resnet32_step_ms(batch: int, warmup: int, repeats: int) -> dict:
     t = time.perf_counter()
     step()
     times.append(time.perf_counter() - t)
-  times.sort()
-  return {"resnet32_train_step_ms": 1e3 * times[len(times) // 2],
+  return {"resnet32_train_step_ms": 1e3 * statistics.median(times),
           "threads": torch.get_num_threads()}
 
 
@@ -142,7 +145,6 @@ def main():
   if args.rounds < 1 or args.batch < 1:
     ap.error("--rounds and --batch must be positive")
 
-  sys.path.insert(0, os.path.dirname(HERE))
   from dnn_jax import files
   installs = {py: software(py) for py in args.python}
   missing = [py for py, v in installs.items() if "jax" not in v]
@@ -159,7 +161,7 @@ def main():
   elif torch_python is None:
     print("PyTorch reference skipped: no --python interpreter imports torch", flush=True)
 
-  cells = []  # (name, command, env)
+  cells = []  # (name, interpreter, extra environment; None: the PyTorch reference)
   for py in args.python:
     v = installs[py]
     label = f"Python {v['python']}, JAX {v['jax']} (jaxlib {v.get('jaxlib')})"
@@ -192,8 +194,9 @@ def main():
           out = os.path.join(tmp, "run.json")
           env = dict(os.environ, **extra)
           run_child([py, os.path.join(HERE, "run.py"), "--preset", "cpu",
-                     "--sections", "resnet32_reference,hardware", "--batch", str(args.batch), "--warmup", str(args.warmup),
-                     "--repeats", str(args.repeats), "--out", out], env, name)
+                     "--sections", "resnet32_reference,hardware", "--batch", str(args.batch),
+                     "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+                     "--out", out], env, name)
           with open(out) as f:
             full = json.load(f)
           ref = full["resnet32_reference"]
