@@ -38,6 +38,9 @@ def get_config(arg: str = "cifar10_cpu,plain"):
   # The rest of BASE's loss recipe (head gradients, distillation) carries over: the depth-only
   # network is trained like the DNNet, over its depth exits only.
   c.loss.lambda_scheme = "final" if kind == "plain" else "full_width"
+  # Trunk gradient equilibrium assumes channel-causal layers: the baselines train without it
+  # (for the depth-only network it would rescale by depth alone, which BASE never measured).
+  c.loss.trunk_gradient = "sum"
   if width:
     c.model.num_groups = int(width[0])
   return c
