@@ -289,7 +289,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
              "params_sha256": state_lib.params_sha256(state.params),
              "num_params": n_params, "devices": jax.device_count(),
              "processes": jax.process_count(), "backend": jax.default_backend(),
-             "xla_flags": xla_flags.current(), "software": runtimes.software()}
+             "xla_flags": xla_flags.current(), "software": runtimes.software(),
+             # On CPU the thread count changes XLA's summation order (README, Reproducibility).
+             "host_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count()}
   if jax.process_index() == 0:
     files.write_json(layout.train_summary(workdir), summary)
   log(f"Training done: step {summary['final_step']} in {duration(wall)}; "

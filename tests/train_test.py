@@ -96,6 +96,7 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tiny_config, tmp_path):
   assert on_disk["software"]["jax"] == jax.__version__
   assert on_disk["software"]["jaxlib"] == jaxlib.__version__
   assert on_disk["software"]["python"] == platform.python_version()
+  assert on_disk["host_cpus"] == len(os.sched_getaffinity(0))
 
   record = evaluate.evaluate(tiny_config, workdir)
   with open(os.path.join(workdir, "eval", "grid.json")) as f:
