@@ -67,10 +67,14 @@ def pooled_features(model: models.DNNet, variables: dict, split, batch_size: int
 def fit_classifier(features_NxC: np.ndarray, labels_N: np.ndarray, kernel_GxDxK, bias_GxK, *,
                    epochs: int = 30, batch_size: int = 256, learning_rate: float = 0.05,
                    weight_decay: float = 5e-4, seed: int = 0):
-  """Retrains an exit head (per-group maps, summed) on fixed features; returns (kernel, bias)."""
+  """Retrains an exit head (per-group maps, summed) on fixed features; returns (kernel, bias).
+  An untied head's kernel (G x G x D x K) starts from its widest width's map and bias."""
+  if np.ndim(kernel_GxDxK) == 4:
+    kernel_GxDxK, bias = kernel_GxDxK[-1], jnp.asarray(bias_GxK)[-1]
+  else:
+    bias = jnp.asarray(bias_GxK).sum(0)  # Summed per-group biases act as one.
   g, d, k = kernel_GxDxK.shape
-  params = {"kernel": jnp.asarray(kernel_GxDxK).reshape(g * d, k),
-            "bias": jnp.asarray(bias_GxK).sum(0)}  # Summed per-group biases act as one.
+  params = {"kernel": jnp.asarray(kernel_GxDxK).reshape(g * d, k), "bias": bias}
   steps_per_epoch = max(len(labels_N) // batch_size, 1)
   tx = optax.chain(optax.add_decayed_weights(weight_decay, mask={"kernel": True, "bias": False}),
                    optax.sgd(optax.cosine_decay_schedule(learning_rate,

@@ -80,7 +80,7 @@ def abstract_like(tree, sharding):
 # its parameters compute). Others (conv form, dtype, BN momentum, init choices) may change
 # on a resume.
 NETWORK_FIELDS = ("num_groups", "channels_per_group", "stage_channels", "blocks_per_stage",
-                  "causal", "shortcut", "head_reduction")
+                  "causal", "shortcut", "head_reduction", "exit_head")
 
 
 def network_differences(saved: "Saved", config: ml_collections.ConfigDict, class_names,

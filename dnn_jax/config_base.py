@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   m.causal = True  # False: a plain network (baselines) with the same layout
   m.shortcut = "projection"  # projection (causal 1x1 + BN) | pad (per-group zero pad)
   m.head_reduction = "sum"  # sum | mean: Z_c = sum_{k<=c} P_k (or divided by c)
+  # Exit heads: shared (the paper's: width c sums the per-group maps W_1..W_c, so widths share
+  # them) | untied (width c has its own map U_c of its c groups; same MACs and parameters per
+  # sub-network, G(G+1)/2 instead of G maps per depth in the whole model).
+  m.exit_head = "shared"
   m.zero_init_residual = False  # zero-init the last BN scale of each block
   m.bn_momentum = 0.9  # running-average decay of BatchNorm statistics
   m.dtype = "float32"  # compute dtype: float32 | bfloat16

@@ -94,6 +94,7 @@ def validate(config, device_count: int | None = None, check_paths: bool = True) 
            f"has {len(m.blocks_per_stage)} stages but the channel layout has {stages}")
   _one_of(m.shortcut, "model.shortcut", models.SHORTCUTS)
   _one_of(m.head_reduction, "model.head_reduction", models.HEAD_REDUCTIONS)
+  _one_of(m.exit_head, "model.exit_head", models.EXIT_HEADS)
   _one_of(m.dtype, "model.dtype", DTYPES)
   form = m.conv_form
   _require(form in ("auto", "masked") or (form.startswith("blocks:") and form[7:].isdigit()
@@ -132,6 +133,8 @@ def validate(config, device_count: int | None = None, check_paths: bool = True) 
   _require(isinstance(l.boosted, bool), "loss.boosted", f"{l.boosted!r} must be True or False")
   _require(not (l.boosted and m.head_reduction != "sum"), "loss.boosted",
            "needs model.head_reduction='sum' (logits as running sums over groups)")
+  _require(not (l.boosted and m.exit_head != "shared"), "loss.boosted",
+           "needs model.exit_head='shared' (width c's logits extend width c - 1's)")
   _require(0.0 <= l.distill_weight <= 1.0, "loss.distill_weight",
            f"{l.distill_weight} not in [0, 1]")
   _require(l.distill_temperature > 0, "loss.distill_temperature",

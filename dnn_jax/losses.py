@@ -158,6 +158,13 @@ def head_gradient_scale(lam_LxG: np.ndarray) -> np.ndarray:
   return _ratio(lam_LxG.sum(), consumers_LxG)
 
 
+def untied_head_gradient_scale(lam_LxG: np.ndarray) -> np.ndarray:
+  """Per (depth, width) factor of an untied head (model.exit_head='untied'): width c's map
+  at depth d feeds exit (d, c) alone, so its mean gradient is that exit's loss gradient at
+  full weight, sum(lambda) / lambda(d, c) times its share of the joint loss."""
+  return _ratio(lam_LxG.sum(), lam_LxG)
+
+
 def trunk_gradient_scale(lam_LxG: np.ndarray) -> np.ndarray:
   """Per (first exit e, output group j) factor that turns the gradient of a trunk parameter
   into the lambda-weighted mean over the exits that read it.
@@ -184,9 +191,11 @@ def _names(path) -> tuple[str, ...]:
 def gradient_factors(params, lam_LxG: np.ndarray, head: str = "sum", trunk: str = "sum"
                      ) -> dict[tuple[str, ...], np.ndarray]:
   """{parameter path: factor broadcasting against it} for the parameters whose gradient is
-  rescaled to a mean (`head` / `trunk` = "mean"); parameters not listed keep their gradient."""
+  rescaled to a mean (`head` / `trunk` = "mean"); parameters not listed keep their gradient.
+  Untied heads are recognised by their kernel (G x G x D x K)."""
   num_groups = lam_LxG.shape[1]
   head_scale = head_gradient_scale(lam_LxG) if head == "mean" else None
+  untied_scale = untied_head_gradient_scale(lam_LxG) if head == "mean" else None
   trunk_scale = trunk_gradient_scale(lam_LxG) if trunk == "mean" else None
   factors = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -194,7 +203,8 @@ def gradient_factors(params, lam_LxG: np.ndarray, head: str = "sum", trunk: str 
     top = names[0]
     row = None
     if models.is_exit(top):
-      row = None if head_scale is None else head_scale[models.first_exit(top) - 1]
+      scale = untied_scale if models.is_untied_head(params[top]) else head_scale
+      row = None if scale is None else scale[models.first_exit(top) - 1]
     elif trunk_scale is not None:
       row = trunk_scale[models.first_exit(top) - 1]
     if row is not None:

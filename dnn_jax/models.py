@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 HEAD_REDUCTIONS = ("sum", "mean")
+# model.exit_head: "shared" (the paper's: per-group maps summed cumulatively, so width c
+# reuses widths < c's maps) | "untied" (every width its own map of its c groups).
+EXIT_HEADS = ("shared", "untied")
 SHORTCUTS = ("projection", "pad")
 BN_EPSILON = 1e-5
 
@@ -60,11 +63,17 @@ def first_exit(name: str) -> int:
 
 def output_groups(names: Sequence[str], shape, num_groups: int) -> np.ndarray:
   """The width group of every element of parameter `names` (its path), as an int array that
-  broadcasts against it: heads (kernel G x D x K, bias G x K) by their first axis; conv
-  kernels (HWIO) and per-channel BN variables by output channel (their last axis)."""
+  broadcasts against it: heads by their first axis (the group of a shared head's kernel
+  G x D x K and bias G x K; the width of an untied head's kernel G x G x D x K and bias
+  G x K); conv kernels (HWIO) and per-channel BN variables by output channel (last axis)."""
   if is_exit(names[0]):
     return np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1))
   return np.arange(shape[-1]) // (shape[-1] // num_groups)
+
+
+def is_untied_head(exit_params) -> bool:
+  """Whether an exit's parameters are an untied head's (kernel G x G x D x K)."""
+  return np.ndim(exit_params["kernel"]) == 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,10 +272,12 @@ class ResidualBlock(nn.Module):
 
 
 class ExitHead(nn.Module):
-  """Shared output stage of one depth: per-group linear maps, cumulative over groups.
+  """Output stage of one depth: logits_BxGxK where [:, c - 1] is the width-c sub-network's.
 
-  Returns logits_BxGxK where [:, c - 1] is the width-c sub-network's logits
-  Z_c = sum_{k <= c} W_k f_k + b_k (divided by c when reduction == 'mean').
+  Shared (the paper's): per-group linear maps, cumulative over groups,
+  Z_c = sum_{k <= c} W_k f_k + b_k. Untied: width c has its own map of its c groups,
+  Z_c = sum_{k <= c} U_{c,k} f_k + b_c (kernel G x G x D x K, block-lower-triangular in
+  (c, k)). Either way divided by c when reduction == 'mean'.
   """
   num_groups: int
   num_classes: int
@@ -276,24 +287,50 @@ class ExitHead(nn.Module):
   # cumulative sum, no indexing: a deployed sub-network's graph that IREE and LiteRT compile
   # with a dynamic batch; the same parameters and values).
   widest_only: bool = False
+  untied: bool = False
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-    c, g = x_BxHxWxC.shape[-1], self.num_groups
-    # LeCun-normal over the full width's C inputs: the widest exit starts as a standard
-    # dense classifier. (Zero init, as in big_vision, starves the backbone of gradient at
-    # the start when the loss is spread over many exits: measured to learn far slower.)
-    w_GxDxK = self.param("kernel", nn.initializers.normal(1.0 / np.sqrt(c)),
-                         (g, c // g, self.num_classes))
-    b_GxK = self.param("bias", nn.initializers.zeros, (g, self.num_classes))
-    if self.widest_only:
-      f_BxC = jnp.mean(x_BxHxWxC, axis=(1, 2)).astype(jnp.float32)
-      z_BxK = f_BxC @ w_GxDxK.reshape(c, self.num_classes) + b_GxK.sum(axis=0)
-      return z_BxK / g if self.reduction == "mean" else z_BxK
-    z_BxGxK = jnp.cumsum(partial_logits(x_BxHxWxC, w_GxDxK, b_GxK), axis=1)
+    c, g, k = x_BxHxWxC.shape[-1], self.num_groups, self.num_classes
+    widths = jnp.arange(1, g + 1, dtype=jnp.float32)
+    if self.untied:
+      kernel_GxGxDxK, bias_GxK = self._untied_params(c)
+      if self.widest_only:
+        z_BxK = _pooled(x_BxHxWxC) @ kernel_GxGxDxK[-1].reshape(c, k) + bias_GxK[-1]
+        return z_BxK / g if self.reduction == "mean" else z_BxK
+      f_BxGxD = _pooled(x_BxHxWxC).reshape(-1, g, c // g)
+      mask = jnp.asarray(np.tril(np.ones((g, g), np.float32)))[:, :, None, None]
+      z_BxGxK = jnp.einsum("bjd,cjdk->bck", f_BxGxD, kernel_GxGxDxK * mask) + bias_GxK
+    else:
+      # LeCun-normal over the full width's C inputs: the widest exit starts as a standard
+      # dense classifier. (Zero init, as in big_vision, starves the backbone of gradient at
+      # the start when the loss is spread over many exits: measured to learn far slower.)
+      w_GxDxK = self.param("kernel", nn.initializers.normal(1.0 / np.sqrt(c)),
+                           (g, c // g, k))
+      b_GxK = self.param("bias", nn.initializers.zeros, (g, k))
+      if self.widest_only:
+        z_BxK = _pooled(x_BxHxWxC) @ w_GxDxK.reshape(c, k) + b_GxK.sum(axis=0)
+        return z_BxK / g if self.reduction == "mean" else z_BxK
+      z_BxGxK = jnp.cumsum(partial_logits(x_BxHxWxC, w_GxDxK, b_GxK), axis=1)
     if self.reduction == "mean":
-      z_BxGxK = z_BxGxK / jnp.arange(1, g + 1, dtype=z_BxGxK.dtype)[None, :, None]
+      z_BxGxK = z_BxGxK / widths[None, :, None]
     return z_BxGxK
+
+  def _untied_params(self, c: int):
+    g, k = self.num_groups, self.num_classes
+
+    def init(key, shape, dtype=jnp.float32):  # LeCun-normal over each width's own c*D inputs.
+      std = 1.0 / np.sqrt(np.arange(1, g + 1) * (c // g))
+      w = jax.random.normal(key, shape, jnp.float32) * std[:, None, None, None]
+      return (w * np.tril(np.ones((g, g), np.float32))[:, :, None, None]).astype(dtype)
+
+    return (self.param("kernel", init, (g, g, c // g, k)),
+            self.param("bias", nn.initializers.zeros, (g, k)))
+
+
+def _pooled(x_BxHxWxC: jax.Array) -> jax.Array:
+  """Global average pooling, in float32: B x C."""
+  return jnp.mean(x_BxHxWxC, axis=(1, 2)).astype(jnp.float32)
 
 
 class DNNet(nn.Module):
@@ -313,6 +350,7 @@ class DNNet(nn.Module):
   causal: bool = True
   shortcut: str = "projection"
   head_reduction: str = "sum"
+  exit_head: str = "shared"  # EXIT_HEADS
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
   input_mean: Sequence[float] = (127.5,)
@@ -336,7 +374,8 @@ class DNNet(nn.Module):
                    name=STEM)(x)
     x = nn.relu(batch_norm(train, self.bn_momentum, self.dtype, STEM_BN)(x))
     head = lambda i: ExitHead(g, self.num_classes, self.head_reduction, self.dtype,
-                              widest_only=self.only_last_exit, name=exit_name(i))
+                              widest_only=self.only_last_exit,
+                              untied=self.exit_head == "untied", name=exit_name(i))
     logits = [] if self.only_last_exit and depth > 1 else [head(1)(x)]
     for blk in block_layout(self.channels_per_group, self.blocks_per_stage, self.shortcut):
       if blk.index >= depth:
@@ -378,6 +417,7 @@ def create_model(model_config, num_classes: int, *, depth: int | None = None,
       causal=model_config.causal,
       shortcut=model_config.shortcut,
       head_reduction=model_config.head_reduction,
+      exit_head=model_config.exit_head,
       zero_init_residual=model_config.zero_init_residual,
       bn_momentum=model_config.bn_momentum,
       input_mean=tuple(input_mean) if input_mean is not None else (127.5,),
@@ -404,7 +444,11 @@ def kernel_masks(params, model_config) -> dict:
 
   def mask(path, leaf):
     names = [getattr(p, "key", str(p)) for p in path]
-    if names[-1] == "kernel" and leaf.ndim == 4:
+    if is_exit(names[0]):  # An untied head's kernel: width c reads groups 1..c.
+      if leaf.ndim == 4:
+        return np.broadcast_to(np.tril(np.ones(leaf.shape[:2], bool))[:, :, None, None],
+                               leaf.shape)
+    elif names[-1] == "kernel" and leaf.ndim == 4:
       m = conv_kernel_mask(names[0], leaf.shape, g, causal)
       return np.broadcast_to(m, leaf.shape)
     return np.ones(leaf.shape, bool)

@@ -86,9 +86,12 @@ def build(model: models.DNNet, variables: dict, image_shape) -> "onnx.ModelProto
       h, w = -(-h // blk.stride), -(-w // blk.stride)
     x = op("Relu", [op("Add", [y, x])])
   head = params[models.exit_name(depth)]
-  kernel = np.asarray(head["kernel"], np.float32)  # G x D x K
+  kernel = np.asarray(head["kernel"], np.float32)  # G x D x K, or untied G x G x D x K
+  if models.is_untied_head(head):  # The widest width's own map and bias.
+    kernel, bias = kernel[-1], np.asarray(head["bias"], np.float32)[-1]
+  else:
+    bias = np.asarray(head["bias"], np.float32).sum(axis=0)
   weight = kernel.reshape(-1, kernel.shape[-1])
-  bias = np.asarray(head["bias"], np.float32).sum(axis=0)
   if model.head_reduction == "mean":
     weight, bias = weight / g, bias / g
   x = op("Flatten", [op("GlobalAveragePool", [x])], axis=1)

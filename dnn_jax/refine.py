@@ -3,6 +3,9 @@
 The network is causal in both directions, so widening from c to c' computes only groups
 c+1..c' of each layer (reading the stored activations of groups 1..c), and deepening from d to
 d' continues from the stored activation of exit d. Each step is one jit-compiled call.
+A shared head's logits grow by the new groups' partial logits; an untied head's
+(model.exit_head='untied') are computed afresh from the stored exit activation (one small
+matrix product).
 
   refiner = Refiner(model, variables, images)
   logits = refiner.refine(4, 4)    # D4W4
@@ -40,8 +43,18 @@ def _bn(y, params, stats, c0, c1, cpg, dtype):
 
 
 def _head_sum(x_new, params, c0, c1):
-  """Sum of the partial logits of groups [c0, c1) at one exit: B x K."""
+  """Sum of the partial logits of groups [c0, c1) at one exit: B x K; None for an untied
+  head, whose logits are not a running sum (`_untied_logits`)."""
+  if models.is_untied_head(params):
+    return None
   return models.partial_logits(x_new, params["kernel"][c0:c1], params["bias"][c0:c1]).sum(1)
+
+
+def _untied_logits(params, act_BxHxWxC, width):
+  """Width `width`'s logits at one exit of an untied head, from the activation of its groups."""
+  kernel = params["kernel"][width - 1, :width]
+  zeros = jnp.zeros((width, kernel.shape[-1]), kernel.dtype)
+  return models.partial_logits(act_BxHxWxC, kernel, zeros).sum(1) + params["bias"][width - 1]
 
 
 class _Steps:
@@ -87,7 +100,8 @@ class _Steps:
         y1, new = self._block(v, blk, acts[i - 1], mids[i - 1], c0, c1)
         mids[i - 1] = jnp.concatenate([mids[i - 1], y1], -1)
       acts[i] = jnp.concatenate([acts[i], new], -1)
-      sums[i] = sums[i] + _head_sum(new, v["params"][models.exit_name(i + 1)], c0, c1)
+      part = _head_sum(new, v["params"][models.exit_name(i + 1)], c0, c1)
+      sums[i] = None if part is None else sums[i] + part
     return acts, mids, sums
 
   def _deepen(self, v, x, acts, mids, d0, d1, width):
@@ -113,7 +127,8 @@ def _programs(model: models.DNNet):
   """
   steps = _Steps(model)
   return (jax.jit(steps._widen, static_argnums=(5, 6, 7)),
-          jax.jit(steps._deepen, static_argnums=(4, 5, 6)))
+          jax.jit(steps._deepen, static_argnums=(4, 5, 6)),
+          jax.jit(_untied_logits, static_argnums=2))
 
 
 class Refiner:
@@ -126,7 +141,7 @@ class Refiner:
     self.variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     self.images = (jnp.asarray(images_BxHxWxC, jnp.float32) - jnp.asarray(model.input_mean)
                    ) / jnp.asarray(model.input_std)
-    self._widen_fn, self._deepen_fn = _programs(model)
+    self._widen_fn, self._deepen_fn, self._untied_fn = _programs(model)
     self.depth = self.width = 0
     self.acts: list = []  # exit activations, groups < width
     self.mids: list = []  # per block: relu(bn1(conv1)), groups < width
@@ -151,4 +166,7 @@ class Refiner:
       self.sums = list(self.sums) + list(sums)
     self.depth = depth
     z = self.sums[depth - 1]
+    if z is None:  # Untied head.
+      z = self._untied_fn(self.variables["params"][models.exit_name(depth)],
+                          self.acts[depth - 1], width)
     return z / width if self.model.head_reduction == "mean" else z

@@ -34,7 +34,8 @@ def slice_variables(variables: dict, num_groups: int, depth: int, width: int, *,
     names = _names(path)
     top = names[0]
     if models.is_exit(top):
-      return x[:width]  # kernel G x D x K, bias G x K
+      # Shared kernel G x D x K, bias G x K; untied kernel G (widths) x G (groups) x D x K.
+      return x[:width, :width] if x.ndim == 4 else x[:width]
     if names[-1] == "kernel" and x.ndim == 4:  # HWIO conv kernel
       cin = x.shape[2] if top == models.STEM else x.shape[2] * width // num_groups
       return x[:, :, :cin, :x.shape[3] * width // num_groups]
@@ -70,7 +71,7 @@ def extract(full_model: models.DNNet, variables: dict, depth: int, width: int
 
   def premask(path, x):
     names = _names(path)
-    if names[-1] == "kernel" and x.ndim == 4:
+    if names[-1] == "kernel" and x.ndim == 4 and not models.is_exit(names[0]):
       return x * models.conv_kernel_mask(names[0], x.shape, width, full_model.causal).astype(
           x.dtype)
     return x

@@ -16,7 +16,8 @@ dnn=(--config=configs/cifar10_cpu.py)
 base=(--config.loss.lambda_scheme=uniform --config.loss.head_gradient=sum
       --config.loss.trunk_gradient=sum --config.loss.distill_weight=0
       --config.loss.distill_teacher=full_exit --config.loss.boosted=False
-      --config.loss.adaptive_weight=0 --config.train.optimizer=sgd)
+      --config.loss.adaptive_weight=0 --config.train.optimizer=sgd
+      --config.model.exit_head=shared)
 declare -A recipes=(
   # Today's shipped recipe (the anchored weighting with head-gradient means): the reference.
   [anchored_headmean]="${dnn[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean"
@@ -30,6 +31,10 @@ declare -A recipes=(
   # The same with the teachers (each depth's widest exit) carrying a quarter of each depth.
   [sandwich_eq_distill]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=sandwich --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.distill_weight=1 --config.loss.distill_teacher=widest_at_depth"
   [uniform_eq_boosted]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.boosted=True"
+  # Untied heads (model.exit_head=untied): every width its own map of its groups, for the
+  # 6.8 points that a refitted head found at width 1 (head_refit.md).
+  [anchored_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
+  [uniform_eq_untied]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
   # Adaptive loss balancing (Hu et al.): each exit's weight times a mix of 1 and its inverse
   # running-mean loss.
   [uniform_eq_adaptive]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.adaptive_weight=0.5"

@@ -54,10 +54,11 @@ def _expected(model, variables, images, depth, width):
   return np.asarray(model.apply(variables, images)[:, depth - 1, width - 1])
 
 
-def test_single_width_head_equals_the_cumulative_head():
+@pytest.mark.parametrize("untied", [False, True])
+def test_single_width_head_equals_the_cumulative_head(untied):
   feats = jax.random.normal(jax.random.key(0), (4, 2, 2, 12))
   for reduction in ("sum", "mean"):
-    head = models.ExitHead(3, 5, reduction)
+    head = models.ExitHead(3, 5, reduction, untied=untied)
     hvars = head.init(jax.random.key(1), feats)
     hvars = jax.tree_util.tree_map(lambda p: p + 0.3, hvars)  # a non-zero bias
     np.testing.assert_allclose(head.clone(widest_only=True).apply(hvars, feats),
@@ -96,14 +97,26 @@ def test_mlir_compiles_and_runs_in_iree(pad_net, tmp_path):
 def test_onnx_runs_in_onnxruntime_with_any_batch(net, tmp_path):
   model, variables = net
   for depth, width in [(1, 1), (3, 2), (5, 3)]:
-    out = str(tmp_path / f"D{depth}W{width}")
-    manifest = export.export_subnetwork(model, variables, depth, width, (8, 8, 3), out,
-                                        formats=("onnx",))
-    assert manifest["formats"]["onnx"]["checks"]["onnxruntime"]["max_abs_diff"] < 1e-4
-    for batch in (1, 6):
-      x = np.asarray(_images((batch, 8, 8, 3)))
-      np.testing.assert_allclose(export.run_onnx(os.path.join(out, "model.onnx"), x),
-                                 _expected(model, variables, x, depth, width), atol=1e-4)
+    _check_onnx(model, variables, depth, width, tmp_path)
+
+
+@needs("onnxruntime")
+def test_an_untied_head_exports_its_widths_own_map(tmp_path):
+  model = models.create_model(_model_config(exit_head="untied"), 5)
+  variables = _random_variables(model, (8, 8, 3))
+  for depth, width in [(2, 1), (5, 2)]:
+    _check_onnx(model, variables, depth, width, tmp_path)
+
+
+def _check_onnx(model, variables, depth, width, tmp_path):
+  out = str(tmp_path / f"D{depth}W{width}")
+  manifest = export.export_subnetwork(model, variables, depth, width, (8, 8, 3), out,
+                                      formats=("onnx",))
+  assert manifest["formats"]["onnx"]["checks"]["onnxruntime"]["max_abs_diff"] < 1e-4
+  for batch in (1, 6):
+    x = np.asarray(_images((batch, 8, 8, 3)))
+    np.testing.assert_allclose(export.run_onnx(os.path.join(out, "model.onnx"), x),
+                               _expected(model, variables, x, depth, width), atol=1e-4)
 
 
 @needs("litert")

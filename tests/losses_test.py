@@ -91,12 +91,14 @@ def _exit_readers(model_config, num_classes=5):
 
 
 @pytest.mark.core
-@pytest.mark.parametrize("shortcut", ["projection", "pad"])
-def test_gradient_factors_are_means_over_the_exits_autodiff_finds(shortcut):
+@pytest.mark.parametrize("shortcut,exit_head", [("projection", "shared"), ("pad", "shared"),
+                                                ("projection", "untied")])
+def test_gradient_factors_are_means_over_the_exits_autodiff_finds(shortcut, exit_head):
   cfg = ml_collections.ConfigDict({
       "num_groups": 3, "channels_per_group": (2, 4), "stage_channels": (),
       "blocks_per_stage": (1, 1), "causal": True, "shortcut": shortcut,
-      "head_reduction": "sum", "zero_init_residual": False, "bn_momentum": 0.9,
+      "head_reduction": "sum", "exit_head": exit_head, "zero_init_residual": False,
+      "bn_momentum": 0.9,
       "dtype": "float32", "conv_form": "masked"})
   params, readers = _exit_readers(cfg)
   lam = np.random.default_rng(0).uniform(0.2, 2.0, (3, 3)).astype(np.float32)
@@ -229,7 +231,13 @@ def test_recipe_options_are_validated(tiny_config):
   tiny_config.loss.boosted, tiny_config.model.head_reduction = True, "mean"
   with pytest.raises(ConfigError, match="loss.boosted: needs model.head_reduction='sum'"):
     check()
-  tiny_config.model.head_reduction = "sum"
+  tiny_config.model.head_reduction, tiny_config.model.exit_head = "sum", "untied"
+  with pytest.raises(ConfigError, match="loss.boosted: needs model.exit_head='shared'"):
+    check()
+  tiny_config.model.exit_head = "tied"
+  with pytest.raises(ConfigError, match="model.exit_head: 'tied' is not one of shared, untied"):
+    check()
+  tiny_config.model.exit_head, tiny_config.loss.boosted = "shared", False
   tiny_config.train.optimizer = "adam"
   with pytest.raises(ConfigError, match="train.optimizer: 'adam' is not one of sgd, adamw, lamb"):
     check()

@@ -134,10 +134,11 @@ def test_depth_causality_of_the_whole_network(depth):
 
 
 @pytest.mark.core
-@pytest.mark.parametrize("shortcut", ["projection", "pad"])
-def test_fused_exits_equal_each_sub_network_computed_on_its_own(shortcut):
+@pytest.mark.parametrize("shortcut,exit_head", [("projection", "shared"), ("pad", "shared"),
+                                                ("projection", "untied")])
+def test_fused_exits_equal_each_sub_network_computed_on_its_own(shortcut, exit_head):
   """Every cell of the one-pass grid equals the separately built, sliced sub-network."""
-  cfg = _model_config(shortcut=shortcut)
+  cfg = _model_config(shortcut=shortcut, exit_head=exit_head)
   model = models.create_model(cfg, 5, input_mean=(100.0,), input_std=(50.0,))
   variables = _random_variables(model, (8, 8, 3))
   x = _images((3, 8, 8, 3))
@@ -151,6 +152,33 @@ def test_fused_exits_equal_each_sub_network_computed_on_its_own(shortcut):
       assert logits.shape == (3, d, c, 5)
       chex.assert_trees_all_close(logits[:, -1, -1], fused[:, d - 1, c - 1], atol=1e-4,
                                   rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_untied_head_computes_each_widths_own_map_of_its_groups(reduction):
+  """Z_c = sum_{k <= c} U[c, k] f_k + b_c, whatever U holds above the diagonal; with
+  U[c, k] = W_k and b_c = b_1 + ... + b_c it is the shared head."""
+  g, d, k = 3, 4, 5
+  feats = jax.random.normal(jax.random.key(0), (2, 2, 2, g * d))
+  f_BxGxD = np.asarray(feats).mean(axis=(1, 2)).reshape(2, g, d)
+  untied = models.ExitHead(g, k, reduction, untied=True)
+  u = untied.init(jax.random.key(1), feats)["params"]
+  assert u["kernel"].shape == (g, g, d, k) and u["bias"].shape == (g, k)
+  assert not np.any(np.asarray(u["kernel"])[np.triu_indices(g, 1)])  # Masked taps start at 0.
+  u = jax.tree_util.tree_map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), u)
+  z = np.asarray(untied.apply({"params": u}, feats))
+  uk, ub = np.asarray(u["kernel"]), np.asarray(u["bias"])
+  for c in range(1, g + 1):
+    expected = sum(f_BxGxD[:, j] @ uk[c - 1, j] for j in range(c)) + ub[c - 1]
+    np.testing.assert_allclose(z[:, c - 1], expected / (c if reduction == "mean" else 1),
+                               rtol=1e-5, atol=1e-5)
+  shared = models.ExitHead(g, k, reduction)
+  w = shared.init(jax.random.key(3), feats)["params"]
+  w = {"kernel": w["kernel"] + 0.1, "bias": w["bias"] + 0.2}
+  tied = {"kernel": jnp.broadcast_to(w["kernel"][None], (g, g, d, k)),
+          "bias": jnp.cumsum(w["bias"], axis=0)}
+  np.testing.assert_allclose(untied.apply({"params": tied}, feats),
+                             shared.apply({"params": w}, feats), rtol=1e-5, atol=1e-5)
 
 
 def test_mean_head_divides_the_cumulative_sum_by_width():

@@ -35,9 +35,10 @@ def _resnet32_model():
   return models.create_model(cfg, 10)
 
 
-@pytest.mark.parametrize("shortcut", ["projection", "pad"])
-def test_extracted_sub_networks_equal_their_exit_on_every_cell(shortcut):
-  cfg = _model_config(shortcut=shortcut)
+@pytest.mark.parametrize("shortcut,exit_head", [("projection", "shared"), ("pad", "shared"),
+                                                ("pad", "untied")])
+def test_extracted_sub_networks_equal_their_exit_on_every_cell(shortcut, exit_head):
+  cfg = _model_config(shortcut=shortcut, exit_head=exit_head)
   model = models.create_model(cfg, 5)
   variables = _random_variables(model, (8, 8, 3))
   x = _images((3, 8, 8, 3))
@@ -316,10 +317,12 @@ def test_a_full_disk_in_any_mode_is_an_error_naming_the_file_and_keeps_the_old_r
   assert not [f for _, _, names in os.walk(workdir_copy) for f in names if f.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("shortcut", ["projection", "pad"])
-def test_refinement_along_any_path_equals_direct_evaluation(shortcut):
+@pytest.mark.parametrize("shortcut,exit_head", [("projection", "shared"), ("pad", "shared"),
+                                                ("projection", "untied")])
+def test_refinement_along_any_path_equals_direct_evaluation(shortcut, exit_head):
   from dnn_jax import refine
-  cfg = _model_config(shortcut=shortcut, head_reduction="mean" if shortcut == "pad" else "sum")
+  cfg = _model_config(shortcut=shortcut, head_reduction="mean" if shortcut == "pad" else "sum",
+                      exit_head=exit_head)
   model = models.create_model(cfg, 5)
   variables = _random_variables(model, (8, 8, 3))
   x = _images((3, 8, 8, 3))
