@@ -243,7 +243,7 @@ def run(config, workdir: str) -> dict:
         eval_pred[0][:n], ts[len(ts) // 2], macs)
   if jax.process_index() == 0:
     out = os.path.join(workdir, "anytime")
-    os.makedirs(out, exist_ok=True)
+    files.makedirs(out)
     files.write_json(os.path.join(out, "anytime.json"), record)
     files.write_atomic(os.path.join(out, "anytime.md"), table(record))
     _plot(record, os.path.join(out, "anytime.png"), plots)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 
 import jax
@@ -15,6 +14,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dnn_jax import files
 from dnn_jax import workdir as layout
 
 
@@ -53,7 +53,7 @@ def variables_of(state) -> dict:
 def manager(workdir: str, checkpoint_config=None) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=checkpoint_config.max_to_keep if checkpoint_config else None)
-  return ocp.CheckpointManager(os.path.abspath(layout.checkpoints(workdir)),
+  return ocp.CheckpointManager(files.absolute(layout.checkpoints(workdir)),
                                options=options, item_names=("state", "config"))
 
 
@@ -119,8 +119,8 @@ def move_aside(workdir: str, step: int, reason: str, log=print) -> None:
   process 0, and waits for every process to see it."""
   if jax.process_index() == 0:
     aside = os.path.join(layout.corrupt_checkpoints(workdir), f"{step}-{int(time.time())}")
-    os.makedirs(os.path.dirname(aside), exist_ok=True)
-    shutil.move(os.path.join(os.path.abspath(layout.checkpoints(workdir)), str(step)), aside)
+    files.makedirs(os.path.dirname(aside))
+    files.move(os.path.join(files.absolute(layout.checkpoints(workdir)), str(step)), aside)
     log(f"Checkpoint step {step} is unreadable ({reason}); moved to {aside}")
   if jax.process_count() > 1:  # Every process sees the move before listing steps again.
     from jax.experimental import multihost_utils
@@ -193,7 +193,7 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict,
   """The model's variables (params, batch stats) of checkpoint `step`, into the target's
   shardings; the optimizer state stays on disk. CorruptCheckpoint when they differ from the
   digest saved with them."""
-  path = os.path.join(os.path.abspath(layout.checkpoints(workdir)), str(step), "state")
+  path = os.path.join(files.absolute(layout.checkpoints(workdir)), str(step), "state")
   with ocp.PyTreeCheckpointer() as checkpointer:
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         abstract_variables,
@@ -254,7 +254,7 @@ def load_saved(workdir: str, step: int | None = None, *, required: bool = True
   UserError, or None when not `required`."""
   from dnn_jax.errors import UserError
   ckpt_dir = layout.checkpoints(workdir)
-  mngr = manager(workdir) if os.path.isdir(ckpt_dir) else None
+  mngr = manager(workdir) if files.isdir(ckpt_dir) else None
   try:
     if mngr and step is None:  # The newest whose metadata reads; others moved aside.
       tried = sorted(mngr.all_steps(), reverse=True)
@@ -271,8 +271,8 @@ def load_saved(workdir: str, step: int | None = None, *, required: bool = True
       if required:
         aside = layout.corrupt_checkpoints(workdir)
         raise UserError(f"no checkpoint in {ckpt_dir}: " + (
-            f"the unreadable ones were moved to {aside}" if os.path.isdir(aside)
-            and os.listdir(aside) else "train first (--mode=train)"))
+            f"the unreadable ones were moved to {aside}" if files.isdir(aside)
+            and files.listdir(aside) else "train first (--mode=train)"))
       return None
     return saved_at(mngr, step)
   finally:

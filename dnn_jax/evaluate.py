@@ -52,7 +52,7 @@ def write_grid(workdir: str, record: dict) -> None:
   grid = np.asarray(record["accuracy"])
   split, step = record["split"], record["checkpoint_step"]
   if jax.process_index() == 0:
-    os.makedirs(layout.eval_dir(workdir), exist_ok=True)
+    files.makedirs(layout.eval_dir(workdir))
     plots.grid_heatmap(grid, os.path.join(layout.eval_dir(workdir), "accuracy.png"),
                        f"{split} accuracy (%) per sub-network, step {step}",
                        scale=100.0, fmt="{:.0f}" if grid.shape[1] > 12 else "{:.1f}",

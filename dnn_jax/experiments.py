@@ -45,7 +45,7 @@ def _saved(workdir: str):
 def _write(out: str, name: str, record: dict, table: list[str]) -> None:
   if jax.process_index() != 0:
     return
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   files.write_json(os.path.join(out, f"{name}.json"), record)
   files.write_atomic(os.path.join(out, f"{name}.md"), "\n".join(table) + "\n")
 
@@ -61,9 +61,9 @@ def fig4_record(runs: str, fine_tune_epochs: int = 30) -> dict:
   record = {"split": dnn["split"], "num_examples": dnn["num_examples"],
             "widths": dnn["widths"], "dnn": list(dnn["accuracy"][-1])}
   full = {}
-  for name in sorted(os.listdir(runs)):
+  for name in sorted(files.listdir(runs)):
     m = re.fullmatch(r"plain_w(\d+)", name)
-    if m and os.path.exists(layout.eval_grid(os.path.join(runs, name))):
+    if m and files.exists(layout.eval_grid(os.path.join(runs, name))):
       full[int(m.group(1))] = layout.read_eval_grid(os.path.join(runs, name))["accuracy"][-1][-1]
   record["full_training"] = [full.get(w) for w in range(1, widths + 1)]
   # The plain network whose MACs are closest to the DNNet's full exit: "same cost".
@@ -79,7 +79,7 @@ def fig4_record(runs: str, fine_tune_epochs: int = 30) -> dict:
     key = "same_macs_plain" if close else "closest_macs_plain"
     record[key] = {"width": w, "accuracy": acc, "macs": macs}
   widest = os.path.join(runs, f"plain_w{widths}")
-  if os.path.isdir(layout.checkpoints(widest)):
+  if files.isdir(layout.checkpoints(widest)):
     saved, _ = _saved(widest)
     dataset = input_pipeline.load_dataset(saved.data, widest)
     setup, variables, _, _, _ = evaluate.load_checkpoint(saved, widest,
@@ -109,7 +109,7 @@ def write_fig4(out: str, record: dict) -> None:
   ax.grid(alpha=0.3)
   # Below the axes: inside, it would cover the slicing curves at the wide end.
   ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   plots.save(fig, os.path.join(out, "fig4.png"))
   keys = [k for k in FIG4_LABELS if k in record]
   table = [f"# Fig. 4: accuracy (%) vs width at full depth ({record['split']} split, "
@@ -149,7 +149,7 @@ def fig5_record(runs: str, budget_macs: float | None = None) -> dict:
   record["dnn"] = {"best": best, "feasible": [
       {"id": subnet_id(d + 1, c + 1), "accuracy": float(dnn_acc[d, c]),
        "macs": int(dnn_macs[d, c])} for d, c in np.argwhere(dnn_macs <= budget)]}
-  if os.path.exists(layout.eval_grid(depth_dir)):
+  if files.exists(layout.eval_grid(depth_dir)):
     depth_acc = np.array(layout.read_eval_grid(depth_dir)["accuracy"])[:, -1]
     depth_macs = _saved(depth_dir)[1][:, -1]
     # A depth-only exit is named by its depth alone.
@@ -179,7 +179,7 @@ def write_fig5(out: str, record: dict) -> None:
     axes[0].set_title("depth-only")
   plots.draw_grid(axes[1], dnn_acc, f"DNNet: accuracy (%) of sub-networks within "
                   f"{budget:,.0f} MACs", scale=100.0, mask=dnn_macs <= budget, vmin=0, vmax=100)
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   plots.save(fig, os.path.join(out, "fig5.png"))
   table = [f"# Fig. 5: sub-networks within {budget:,.0f} MACs ({record['split']} accuracy)", ""]
   best = record["dnn"]["best"]
@@ -217,7 +217,7 @@ def write_grid(out: str, record: dict) -> None:
   if jax.process_index() != 0:
     return
   acc, macs = np.array(record["accuracy"]), np.array(record["macs"])
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   plots.grid_heatmap(acc, os.path.join(out, "grid_accuracy.png"),
                      f"DNNet {record['split']} accuracy (%)", scale=100.0)
   plots.grid_heatmap(macs, os.path.join(out, "grid_macs.png"), "MACs (M) per sub-network",
@@ -248,6 +248,7 @@ def main(argv=None):
   ap.add_argument("--fine_tune_epochs", type=int, default=30)
   args = ap.parse_args(argv)
   try:
+    args.runs, args.out = files.check_path(args.runs, "--runs"), files.check_path(args.out, "--out")
     if args.figure == "fig4":
       fig4(args.runs, args.out, args.fine_tune_epochs)
     elif args.figure == "fig5":

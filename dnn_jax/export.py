@@ -14,7 +14,9 @@ come out. Before anything is written, every file is run in its runtime (JAX, IRE
 extra is installed, onnxruntime, LiteRT) on a batch of images and compared with the DNNet's own
 (depth, width) logits; the largest difference goes to `manifest.json`, and over
 `CHECK_TOLERANCE` the export fails with nothing written. The export directory is replaced
-whole (a crash leaves the old one or the new one).
+whole (a crash leaves the old one or the new one). A gs:// directory is built and checked in a
+local temporary folder, then uploaded file by file with `manifest.json` last (an object store
+has no directory rename): an export with a manifest is complete.
 """
 
 from __future__ import annotations
@@ -126,9 +128,12 @@ def export_subnetwork(model: models.DNNet, variables: dict, depth: int, width: i
       "formats": {},
       **(metadata or {}),
   }
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(out_dir) + ".tmp-")
+  if files.is_remote(out_dir):  # The runtimes check local files; uploaded afterwards.
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-")
+  else:
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(out_dir) + ".tmp-")
   try:
     writers = {"stablehlo": _write_stablehlo, "onnx": _write_onnx, "tflite": _write_tflite}
     for f in formats:
@@ -140,7 +145,11 @@ def export_subnetwork(model: models.DNNet, variables: dict, depth: int, width: i
                            f"{worst:.2e} (> {CHECK_TOLERANCE:g}): nothing written")
       manifest["formats"][f] = entry
     files.write_json(os.path.join(tmp, MANIFEST), manifest)
-    _replace_dir(tmp, out_dir)
+    if files.is_remote(out_dir):
+      _upload_dir(tmp, out_dir)
+      shutil.rmtree(tmp, ignore_errors=True)
+    else:
+      _replace_dir(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -159,6 +168,23 @@ def _replace_dir(new: str, out: str) -> None:
   os.replace(new, out)
   if old:
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _upload_dir(new: str, out: str) -> None:
+  """Puts the files of local directory `new` at URL `out`: the old manifest removed first,
+  the new one written last, then the old export's other files removed."""
+  old = files.listdir(out) if files.isdir(out) else []
+  if MANIFEST in old:
+    files.remove(os.path.join(out, MANIFEST))
+  names = sorted(os.listdir(new), key=lambda name: name == MANIFEST)
+  for name in names:
+    files.write_atomic(os.path.join(out, name), files.read_bytes(os.path.join(new, name)))
+  for name in set(old) - set(names):
+    path = os.path.join(out, name)
+    if files.isdir(path):
+      files.rmtree(path)
+    else:
+      files.remove(path)
 
 
 def _diff(logits, expected) -> float:
@@ -288,14 +314,15 @@ def run(config, workdir: str) -> dict:
     field = "config.export.subnet" if e.subnet else "config.export.depth/width"
     raise UserError(f"{field}: {subnetwork.subnet_id(depth, width)} is outside the grid of "
                     f"the checkpoint's {model.num_exits} depths x {model.num_groups} widths")
-  out = e.dir or layout.export_dir(workdir, subnetwork.subnet_id(depth, width))
+  out = (files.check_path(e.dir, "config.export.dir") if e.dir
+         else layout.export_dir(workdir, subnetwork.subnet_id(depth, width)))
   variables = jax.device_get(variables)
   _check_target(out, variables, model, depth, width)
   grid = resources.analytic_grid(model, image_shape, len(class_names))
   meta = {"class_names": class_names, "checkpoint_step": int(step),
           **{k: int(v[depth - 1, width - 1]) for k, v in grid.items()}}
   grid_path = layout.eval_grid(workdir)
-  if os.path.exists(grid_path):
+  if files.exists(grid_path):
     acc = layout.read_eval_grid(workdir)
     if acc.get("checkpoint_step") == int(step):  # Not a grid of an older checkpoint.
       try:
@@ -330,13 +357,13 @@ def _check_target(out: str, variables, model, depth: int, width: int) -> None:
   """Refuses an export target that is a file, or a directory that holds another model's
   export (the same model's is replaced: e.g. to add a format)."""
   from dnn_jax.errors import UserError
-  if os.path.lexists(out) and not os.path.isdir(out):
+  if files.lexists(out) and not files.isdir(out):
     raise UserError(f"{out}: the export target exists and is not a directory")
-  if not os.path.isdir(out) or not os.listdir(out):
+  if not files.isdir(out) or not files.listdir(out):
     return
   path = os.path.join(out, MANIFEST)
   try:
-    with open(path) as f:
+    with files.open_read(path) as f:
       theirs = json.load(f)["weights_sha256"]
   except (OSError, ValueError, KeyError, TypeError):
     raise UserError(f"{out}: exists and is not an export of this library; remove it or set "

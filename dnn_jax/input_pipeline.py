@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from typing import Iterator
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dnn_jax import files as files_lib
 from dnn_jax.errors import DataError
 
 SPLIT_SEED = 0  # Carved splits do not move with config.seed: every run sees the same ones.
@@ -247,16 +249,20 @@ def _cached_folder(data_config, workdir, split_dir: str, files) -> Split:
        [(f, l, _mtime_ns(os.path.join(split_dir, f))) for f, l in files]]).encode())
   cache = (os.path.join(workdir, "data_cache", f"{key.hexdigest()[:16]}.npz")
            if workdir else None)
-  if cache and os.path.exists(cache):
+  if cache and files_lib.exists(cache):
     try:
-      with np.load(cache, allow_pickle=False) as z:
+      with files_lib.open_read(cache, "rb") as f, np.load(f, allow_pickle=False) as z:
         return Split(z["images"], z["labels"])
     except Exception as e:  # Truncated or garbled (a kill mid-copy, a full disk): rebuild.
       if jax.process_index() == 0:
         print(f"{cache} is unreadable ({type(e).__name__}: {e}); decoding the images again",
               flush=True)
   split = _decode_folder(split_dir, files, data_config.image_size)
-  if cache and jax.process_index() == 0:
+  if cache and jax.process_index() == 0 and files_lib.is_remote(cache):
+    buffer = io.BytesIO()  # One object write: atomic.
+    np.savez(buffer, images=split.images, labels=split.labels)
+    files_lib.write_atomic(cache, buffer.getvalue())
+  elif cache and jax.process_index() == 0:
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     tmp = cache + ".tmp.npz"
     np.savez(tmp, images=split.images, labels=split.labels)

@@ -72,9 +72,7 @@ def initialize_distributed(mode: str) -> None:
 def run(config, workdir: str, mode: str):
   """Runs one --mode; returns its result record (the JSON it writes)."""
   from dnn_jax import config_validation, evaluate, export, resources, select, train
-  if "://" in workdir:
-    raise UserError(f"--workdir {workdir}: URLs are not supported; give a local path (mount a "
-                    "bucket with gcsfuse, as launch/tpu_setup.sh does)")
+  workdir = files.check_path(workdir, "--workdir")  # gs://BUCKET/PATH works too.
   # Train and eval validate the config themselves (their entry points are called from Python
   # too). The other modes read the model from a checkpoint (resources: from the config when
   # there is none) and need no data set. Either way: before anything is compiled.
@@ -173,13 +171,13 @@ class _LazyLog:
 
 def _log_to_workdir(workdir: str, mode: str) -> None:
   """Library logs (Orbax's warnings and the tracebacks of its background threads, asyncio's
-  complaints) go to DIR/logs/<mode>.log, not the terminal: the user sees this program's own
-  lines, and the log keeps the detail. A log that cannot be written (a full disk) is dropped:
-  the run's own error line says what failed."""
-  if "://" in workdir:
-    return
+  complaints, gcsfs's notes on gs:// paths) go to DIR/logs/<mode>.log, not the terminal: the
+  user sees this program's own lines, and the log keeps the detail. For a gs:// DIR the log is
+  a local file (workdir.logs_dir). A log that cannot be written (a full disk) is dropped: the
+  run's own error line says what failed."""
+  from dnn_jax import workdir as layout
   logging.get_absl_handler().python_handler.stream = _LazyLog(
-      os.path.join(workdir, "logs", f"{mode}.log"))
+      os.path.join(layout.logs_dir(workdir), f"{mode}.log"))
   std_logging.raiseExceptions = False  # A failing log write must not print a traceback.
 
   def log_thread_exception(args):
@@ -230,8 +228,8 @@ def main(argv):
   del argv  # parse_flags refused extra arguments.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  workdir = os.path.expanduser(_WORKDIR.value)
   try:
+    workdir = files.check_path(os.path.expanduser(_WORKDIR.value), "--workdir")
     _log_to_workdir(workdir, _MODE.value)
     if _MODE.value in ("train", "eval"):
       xla_flags.apply_defaults()  # Before JAX creates its backends (distributed init does).

@@ -193,7 +193,7 @@ def write(workdir: str, record: dict) -> None:
   out = layout.resources_dir(workdir)
   macs, params = np.array(record["macs"]), np.array(record["params"])
   if jax.process_index() == 0:
-    os.makedirs(out, exist_ok=True)
+    files.makedirs(out)
     batch = record.get("latency_batch_size")
     runtime = record.get("latency_runtime") or "jax"
     titles = {"macs": ("MACs (M)", 1e-6, "{:.1f}"), "params": ("parameters (K)", 1e-3, "{:.0f}"),

@@ -104,17 +104,18 @@ def pareto_front(accuracy, resources: dict, keys=("macs",)) -> list[dict]:
 
 def read_trace(path: str) -> list[dict]:
   """A budget time series: JSON list of {limit: value} objects, or CSV with limit columns."""
-  if not os.path.exists(path):
+  path = files.check_path(path, "config.budget.trace")
+  if not files.exists(path):
     raise UserError(f"config.budget.trace: {path} does not exist")
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f"config.budget.trace: {path} is not a file (give a JSON or CSV file)")
   try:
     if path.endswith(".csv"):
-      with open(path, newline="") as f:
+      with files.open_read(path, newline="") as f:
         rows = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()
                  if k != "time"} for row in csv.DictReader(f)]
     else:
-      with open(path) as f:
+      with files.open_read(path) as f:
         rows = json.load(f)
       rows = [{k: v for k, v in row.items() if k != "time"} for row in rows]
   except (ValueError, TypeError, AttributeError) as e:
@@ -163,7 +164,8 @@ def _depth_only(config, accuracy, res):
   """(accuracy, resources, label) the depth-only choice is made from: a separately trained
   network's full-width exits (config.budget.compare_workdir), else this DNNet's own grids."""
   if config.budget.compare_workdir:
-    other_acc, other_res = _grids(config, config.budget.compare_workdir)
+    other_acc, other_res = _grids(config, files.check_path(config.budget.compare_workdir,
+                                                           "config.budget.compare_workdir"))
     return other_acc, other_res, "depth-only network"
   return accuracy, res, "full-width exits of this DNNet"
 
@@ -214,7 +216,7 @@ def write_selection(workdir: str, sel: Selection) -> None:
   limits, depth_choice = record["limits"], record["depth_only"]
   files.write_json(layout.select_record(workdir), record)
   out = layout.select_dir(workdir)
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   plots.grid_heatmap(accuracy, os.path.join(out, "feasible.png"),
                      f"accuracy (%) of sub-networks within {limits}", scale=100.0,
                      fmt="{:.1f}" if accuracy.shape[1] <= 12 else "{:.0f}", mask=ok)
@@ -281,7 +283,7 @@ def write_trace(workdir: str, record: dict) -> None:
   if jax.process_index() != 0:
     return
   out = layout.trace_dir(workdir)
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   files.write_json(os.path.join(out, "trace.json"), record)
   _plot_trace(record["steps"], os.path.join(out, "trace.png"))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -43,15 +44,16 @@ class NonFiniteLossError(RunError):
 
 def _check_writable(workdir: str) -> None:
   probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+  if files.is_remote(workdir):  # The workers of a pod share the bucket (and maybe pids).
+    probe += f"_{socket.gethostname()}"
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
+    files.makedirs(workdir)
+    files.put(probe, "ok")
   except OSError as e:
     raise UserError(f"--workdir {workdir} is not writable ({e.strerror or e})") from e
   finally:
-    if os.path.exists(probe):
-      os.remove(probe)
+    if files.exists(probe):
+      files.remove(probe)
 
 
 def _close_after_failure(*closers) -> None:
@@ -192,7 +194,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     log(f"Resumed from {layout.checkpoints(workdir)} at step {int(state.step)}")
   else:
     aside = layout.corrupt_checkpoints(workdir)
-    if os.path.isdir(aside) and os.listdir(aside):
+    if files.isdir(aside) and files.listdir(aside):
       raise UserError(f"{workdir} has no readable checkpoint, only unreadable ones in {aside}; "
                       "move that folder away to train from scratch in this workdir")
     state = init_fn(init_key)
@@ -240,6 +242,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     t_window, window_start = now, step
 
   def save(step: int) -> None:
+    writer.sync()  # A gs:// DIR's metrics up to `step`, before the checkpoint a resume reads.
     try:
       checkpointing.save(mngr, state, config, dataset.class_names, image_shape)
       mngr.wait_until_finished()

@@ -11,6 +11,11 @@
   DIR/export/<id>/              one exported sub-network (--mode=export)
   DIR/logs/<mode>.log           library logs (Orbax, asyncio) kept out of the terminal
   DIR/training.lock             held by the training that writes DIR (process 0)
+
+DIR may be a gs://BUCKET/PATH URL (files.py reads and writes it through etils.epath, Orbax
+through tensorstore). Two things then stay on the local disk: the library logs (logs_dir: an
+object cannot be appended to, and the log would record its own uploads), and the lock (an
+flock needs a local file: training_lock).
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 
 import numpy as np
 
+from dnn_jax import files
 from dnn_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -75,13 +82,22 @@ def export_dir(workdir: str, subnet: str) -> str:
   return os.path.join(workdir, "export", subnet)
 
 
+def logs_dir(workdir: str) -> str:
+  """DIR/logs; for a gs:// DIR a local folder, <tmp>/dnn_jax_logs/gs/BUCKET/PATH (appending to
+  a log object would mean rewriting it at every line)."""
+  if files.is_remote(workdir):
+    return os.path.join(tempfile.gettempdir(), "dnn_jax_logs", workdir.replace("://", "/", 1))
+  return os.path.join(workdir, "logs")
+
+
 @contextlib.contextmanager
 def training_lock(workdir: str, take: bool = True):
   """Holds DIR/training.lock (an flock, released by the kernel however the process ends, even
   SIGKILL) while one training writes DIR: a second one is refused instead of cutting the first
   one's metrics and racing its checkpoints. Where the file system has no locks (some network
-  mounts) training goes on unlocked."""
-  if not take:
+  mounts) training goes on unlocked, and so it does in a gs:// DIR: a bucket has no flock, and
+  a lock object would outlive a SIGKILLed or preempted run and refuse its resume."""
+  if not take or files.is_remote(workdir):
     yield
     return
   path = os.path.join(workdir, "training.lock")
@@ -109,10 +125,10 @@ def training_lock(workdir: str, take: bool = True):
 def read_json(path: str, missing: str = "", unreadable: str = "") -> dict:
   """The JSON object in `path`; a missing or unreadable file is a UserError naming it
   (`missing`, `unreadable`: what to do about either)."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f"{path} does not exist" + (f": {missing}" if missing else ""))
   try:
-    with open(path) as f:
+    with files.open_read(path) as f:
       record = json.load(f)
   except (OSError, ValueError) as e:
     raise UserError(f"{path}: cannot read it as JSON ({type(e).__name__}: {e})"
@@ -132,7 +148,7 @@ def read_eval_grid(workdir: str) -> dict:
 def read_resources_grid(workdir: str) -> dict | None:
   """The resource grid record of `workdir`, or None before --mode=resources ran."""
   path = resources_grid(workdir)
-  return read_json(path) if os.path.exists(path) else None
+  return read_json(path) if files.exists(path) else None
 
 
 def grid_array(record: dict, key: str, shape: tuple[int, int], path: str) -> np.ndarray:

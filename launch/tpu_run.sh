@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts $CONFIG on every worker (one JAX process each, joined by jax.distributed), with the
-# workdir in the bucket, detached from this ssh session: it returns once every worker has
+# workdir in the bucket (gs://$BUCKET/$RUN, written natively: Orbax through tensorstore, the
+# rest through gcsfs; not through the gcsfuse mount, where Orbax's rename of a finished
+# checkpoint is refused or not atomic), detached from this ssh session: it returns once every worker has
 # started, and a dropped connection does not stop the training. Each worker logs to
 # ~/dnn_jax_logs/$RUN.log (launch/tpu_logs.sh); launch/tpu_stop.sh stops it.
 # Extra arguments are passed on: launch/tpu_run.sh --config.train.num_epochs=10
@@ -14,5 +16,5 @@ require_tpu
 require_bucket
 # --distributed=auto, not detect: detect looks for TPU_WORKER_HOSTNAMES, which GKE sets but a
 # gcloud-created TPU VM does not; jax.distributed.initialize() finds the TPU VM's workers itself.
-tpu_ssh "$(worker_command start "$RUN" --config="$CONFIG" --workdir="$MOUNT/$RUN" \
+tpu_ssh "$(worker_command start "$RUN" --config="$CONFIG" --workdir="gs://$BUCKET/$RUN" \
   --config.data.tfds_data_dir="$MOUNT/tensorflow_datasets" --distributed=auto "$@")"

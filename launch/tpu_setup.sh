@@ -2,8 +2,8 @@
 # Copies the committed HEAD of this checkout (git archive, without results/) to every worker,
 # where it replaces the previous copy whole (no file deleted since survives), creates a Python
 # $PYTHON_VERSION environment with uv (the TPU images ship 3.10; the project needs >= 3.11),
-# installs the project with jax[tpu]==$JAX_VERSION into it, and mounts the bucket at $MOUNT
-# (gcsfuse) so that every worker sees the same workdir (Orbax writes collectively).
+# installs the project (with its `gcs` extra, for the gs:// workdir) and jax[tpu]==$JAX_VERSION
+# into it, and mounts the bucket at $MOUNT (gcsfuse) for the tfds data, which is only read.
 # The steps on a worker are launch/worker.sh's `setup`.
 set -euo pipefail
 # shellcheck source=launch/env.sh

@@ -49,7 +49,7 @@ install_env() {  # uv (pip --user), a Python $2 venv, the project and jax[tpu]==
     rm -rf "$VENV"
     "$uv" venv -q --python "$python_version" "$VENV"  # uv fetches that Python if it is missing.
   fi
-  "$uv" pip install -q --python "$VENV/bin/python" -e "$CODE" "jax[tpu]==$jax_version"
+  "$uv" pip install -q --python "$VENV/bin/python" -e "${CODE}[gcs]" "jax[tpu]==$jax_version"
   "$VENV/bin/python" -c "import sys, jax; print('[$HOST] python', sys.version.split()[0], 'jax', jax.__version__)"
 }
 

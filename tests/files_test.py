@@ -1,6 +1,7 @@
 """Atomic writes of results and plots: a failure leaves the old file and no temporary."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -36,3 +37,44 @@ def test_plot_save_writes_a_png_and_a_failed_render_keeps_the_old_one(tmp_path, 
     plots.grid_heatmap(np.ones((2, 3)), str(path), "grid")
   assert path.read_bytes() == old
   assert os.listdir(tmp_path) == ["accuracy.png"]
+
+
+def test_check_path_keeps_local_paths_and_normalises_gs_urls():
+  assert files.check_path("~/runs/x") == "~/runs/x" and not files.is_remote("/tmp/x")
+  assert files.check_path("gs://my-bucket/runs/x/") == "gs://my-bucket/runs/x"
+  assert files.check_path("gs://my-bucket") == "gs://my-bucket"
+  assert files.is_remote("gs://my-bucket/x")
+  assert files.absolute("gs://b/x") == "gs://b/x" and files.absolute("x") == os.path.abspath("x")
+
+
+@pytest.mark.parametrize("url,message", [
+    ("gs://", "no bucket; give gs://BUCKET/PATH"),
+    ("gs:///run", "no bucket"),
+    ("s3://bucket/run", "only gs:// (Cloud Storage) URLs are supported"),
+    ("gs://Bucket/run", "'Bucket' is not a Cloud Storage bucket name"),
+    ("gs://bucket/a//b", "empty path component"),
+])
+def test_check_path_names_what_is_wrong_with_a_url(url, message):
+  from dnn_jax.errors import UserError
+  with pytest.raises(UserError, match=f"^--workdir {re.escape(url)}: .*{re.escape(message)}"):
+    files.check_path(url)
+
+
+def test_gs_urls_without_gcsfs_name_the_extra(monkeypatch):
+  import importlib.util
+  from dnn_jax.errors import UserError
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "gcsfs" else real(n))
+  with pytest.raises(UserError, match=r"^config.export.dir gs://b-1/x: gs:// paths need gcsfs: "
+                                      r"pip install 'dnn_jax\[gcs\]'$"):
+    files.check_path("gs://b-1/x", "config.export.dir")
+
+
+def test_a_gs_workdir_logs_and_locks_locally():
+  import tempfile
+  from dnn_jax import workdir as layout
+  assert layout.logs_dir("gs://b-1/runs/x") == os.path.join(
+      tempfile.gettempdir(), "dnn_jax_logs", "gs", "b-1", "runs", "x")
+  assert layout.logs_dir("/w") == "/w/logs"
+  with layout.training_lock("gs://b-1/runs/x"):  # No flock on a bucket: not taken.
+    pass

@@ -266,7 +266,7 @@ def test_setup_installs_python_and_the_pinned_jax(tmp_path):
   assert "'setup' '0.10.2' '3.12' '/gcs' 'my-bucket'" in ssh
   assert "pip install -q --user --upgrade uv" in ssh
   assert '"$uv" venv -q --python "$python_version"' in ssh
-  assert '"jax[tpu]==$jax_version"' in ssh
+  assert '-e "${CODE}[gcs]" "jax[tpu]==$jax_version"' in ssh  # gcsfs for the gs:// workdir.
   assert "signed-by=" in ssh and "/etc/apt/keyrings/" in ssh and "apt-key add" not in ssh
 
 
@@ -307,7 +307,7 @@ def test_run_starts_the_training_detached_with_a_log_per_worker(tmp_path):
   assert "setsid nohup" in ssh and '$HOME/dnn_jax_logs' in ssh and "log=$LOGS/$run.log" in ssh
   assert "'start' 'r1'" in ssh
   assert "'--distributed=auto' '--config.train.num_epochs=2'" in ssh
-  assert "'--workdir=/gcs/r1'" in ssh and "'--config.data.tfds_data_dir=/gcs/tensorflow_datasets'" in ssh
+  assert "'--workdir=gs://my-bucket/r1'" in ssh and "'--config.data.tfds_data_dir=/gcs/tensorflow_datasets'" in ssh
   assert '"$VENV/bin/python" -m dnn_jax.main' in ssh and "libtpu_lockfile" in ssh
 
 
@@ -331,7 +331,7 @@ def test_run_and_stop_on_a_stand_in_worker(tmp_path):
     time.sleep(0.2)  # The stand-in python has set its SIGTERM trap.
     cwd, *args = (home / "python_args").read_text().splitlines()
     assert cwd == str(home / "dnn_jax")
-    assert args == ["-m", "dnn_jax.main", "--config=configs/cifar10.py", "--workdir=/gcs/r1",
+    assert args == ["-m", "dnn_jax.main", "--config=configs/cifar10.py", "--workdir=gs://my-bucket/r1",
                     "--config.data.tfds_data_dir=/gcs/tensorflow_datasets", "--distributed=auto",
                     "--config.name=it's \"quoted\" $HOME"]
     log = (home / "dnn_jax_logs" / "r1.log").read_text()

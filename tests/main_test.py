@@ -73,11 +73,17 @@ def test_cli_bad_config_is_one_line_and_exit_code_2(tmp_path, override, field):
   assert not os.listdir(tmp_path)  # Nothing written.
 
 
-def test_cli_url_workdir_is_a_clear_error(tmp_path):
-  result = _main("--config=configs/tiny.py", "--workdir=gs://bucket/run")
-  assert result.returncode == 2 and result.stderr.startswith("error: --workdir gs://bucket/run: "
-                                                             "URLs are not supported")
-  assert not os.path.exists(os.path.join(ROOT, "gs:"))
+def test_cli_bad_url_workdir_is_a_clear_error(tmp_path):
+  """gs://BUCKET/PATH workdirs work (tests/gcs_test.py); other URLs are one line, exit 2."""
+  for workdir, message in [("s3://bucket/run", "only gs:// (Cloud Storage) URLs"),
+                           ("gs:///run", "no bucket"),
+                           ("gs://Bucket_/run", "is not a Cloud Storage bucket name"),
+                           ("gs://bucket/a//b", "empty path component")]:
+    result = _main("--config=configs/tiny.py", f"--workdir={workdir}", TMPDIR=str(tmp_path))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, (workdir, result.stderr)
+    assert lines[0].startswith(f"error: --workdir {workdir}: ") and message in lines[0], lines
+  assert not os.path.exists(os.path.join(ROOT, "gs:")) and not os.listdir(tmp_path)
 
 
 def test_cli_eval_without_a_checkpoint_fails_cleanly(tmp_path):
