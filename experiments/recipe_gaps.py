@@ -21,7 +21,8 @@ from dnn_jax import workdir as layout
 
 RECIPE_FIELDS = {"loss": ("lambda_scheme", "head_gradient", "trunk_gradient", "distill_weight",
                           "distill_teacher", "boosted", "adaptive_weight"),
-                 "train": ("optimizer", "learning_rate", "weight_decay", "num_epochs")}
+                 "train": ("optimizer", "learning_rate", "weight_decay", "num_epochs"),
+                 "model": ("exit_head",)}
 
 
 def _run(workdir: str, before: dict | None = None) -> dict:

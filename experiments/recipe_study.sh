@@ -42,6 +42,9 @@ declare -A recipes=(
   # Adaptive steps: AdamW (decoupled weight decay 0.05, lr 2e-3).
   [uniform_adamw]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.train.optimizer=adamw --config.train.learning_rate=0.002 --config.train.weight_decay=0.05"
   [anchored_adamw]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.train.optimizer=adamw --config.train.learning_rate=0.002 --config.train.weight_decay=0.05"
+  # The DNNet's own architecture trained alone on its full exit: what the causal masks cost
+  # (56% of plain_w8's MACs) apart from any recipe; the bound for the full exit of a recipe.
+  [causal_w8]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final"
   # Networks trained alone at one width (the gap's other side), same schedule.
   [plain_w1]="--config=configs/baseline.py:cifar10_cpu,plain,1"
   [plain_w2]="--config=configs/baseline.py:cifar10_cpu,plain,2"
