@@ -312,7 +312,8 @@ def test_a_failed_write_probe_leaves_no_file(tmp_path, monkeypatch):
     def __exit__(self, *exc):
       self._f.close()
 
-  monkeypatch.setattr(train, "open", FullFile, raising=False)
+  from dnn_jax import files
+  monkeypatch.setattr(files, "open", FullFile, raising=False)  # The probe is a files.put.
   with pytest.raises(UserError, match="is not writable [(]No space left on device[)]"):
     train._check_writable(str(tmp_path))
   assert os.listdir(tmp_path) == []
