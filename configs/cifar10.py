@@ -3,8 +3,8 @@
   python -m dnn_jax.main --config=configs/cifar10.py --workdir=runs/dnn_cifar10 \
       --config.data.tfds_data_dir=/data/tensorflow_datasets
 
-Paths are local files (a bucket mounted with gcsfuse, as launch/tpu_setup.sh does at /gcs,
-works; gs:// URLs do not). On Cloud TPU: launch/README.md.
+The workdir may be a local path or gs://BUCKET/PATH (the `gcs` extra; README, "Workdirs in
+Cloud Storage"), as launch/tpu_run.sh gives it. On Cloud TPU: launch/README.md.
 
 Data: tfds `cifar10` prepared once (`tfds build cifar10 --file_format=array_record`).
 Model (the paper's ResNet-32 shape): 22 groups, 1/2/4 channels per group (22/44/88 channels), 5 blocks

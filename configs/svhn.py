@@ -3,8 +3,8 @@
   python -m dnn_jax.main --config=configs/svhn.py --workdir=runs/dnn_svhn \
       --config.data.tfds_data_dir=/data/tensorflow_datasets
 
-Paths are local files (a bucket mounted with gcsfuse, as launch/tpu_setup.sh does at /gcs,
-works; gs:// URLs do not). On Cloud TPU: launch/README.md.
+The workdir may be a local path or gs://BUCKET/PATH (the `gcs` extra; README, "Workdirs in
+Cloud Storage"), as launch/tpu_run.sh gives it. On Cloud TPU: launch/README.md.
 
 Data: tfds `svhn_cropped` (73,257 train / 26,032 test; `extra` unused), prepared once.
 Recipe: as configs/cifar10.py but 40 epochs (SVHN has more images and converges faster;
