@@ -19,8 +19,8 @@ base=(--config.loss.lambda_scheme=uniform --config.loss.head_gradient=sum
       --config.loss.adaptive_weight=0 --config.train.optimizer=sgd
       --config.model.exit_head=shared)
 declare -A recipes=(
-  # Today's shipped recipe (the anchored weighting with head-gradient means): the reference.
-  [anchored_headmean]="${dnn[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean"
+  # The recipe shipped until 2026-12-02 (the anchored weighting with head-gradient means).
+  [anchored_headmean]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean"
   # Gradient equilibrium over the trunk too (losses.trunk_gradient_scale).
   [uniform_eq]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean"
   [anchored_eq]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean"
