@@ -258,15 +258,10 @@ def _cached_folder(data_config, workdir, split_dir: str, files) -> Split:
         print(f"{cache} is unreadable ({type(e).__name__}: {e}); decoding the images again",
               flush=True)
   split = _decode_folder(split_dir, files, data_config.image_size)
-  if cache and jax.process_index() == 0 and files_lib.is_remote(cache):
-    buffer = io.BytesIO()  # One object write: atomic.
+  if cache and jax.process_index() == 0:
+    buffer = io.BytesIO()
     np.savez(buffer, images=split.images, labels=split.labels)
-    files_lib.write_atomic(cache, buffer.getvalue())
-  elif cache and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    tmp = cache + ".tmp.npz"
-    np.savez(tmp, images=split.images, labels=split.labels)
-    os.replace(tmp, cache)
+    files_lib.write_atomic(cache, buffer.getvalue())  # Local or gs://, never half written.
   return split
 
 

@@ -292,7 +292,6 @@ class ExitHead(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     c, g, k = x_BxHxWxC.shape[-1], self.num_groups, self.num_classes
-    widths = jnp.arange(1, g + 1, dtype=jnp.float32)
     if self.untied:
       kernel_GxGxDxK, bias_GxK = self._untied_params(c)
       if self.widest_only:
@@ -313,7 +312,7 @@ class ExitHead(nn.Module):
         return z_BxK / g if self.reduction == "mean" else z_BxK
       z_BxGxK = jnp.cumsum(partial_logits(x_BxHxWxC, w_GxDxK, b_GxK), axis=1)
     if self.reduction == "mean":
-      z_BxGxK = z_BxGxK / widths[None, :, None]
+      z_BxGxK = z_BxGxK / jnp.arange(1, g + 1, dtype=z_BxGxK.dtype)[None, :, None]
     return z_BxGxK
 
   def _untied_params(self, c: int):
