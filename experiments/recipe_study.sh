@@ -35,6 +35,9 @@ declare -A recipes=(
   # 6.8 points that a refitted head found at width 1 (head_refit.md).
   [anchored_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
   [uniform_eq_untied]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
+  # Width-only nesting (lambda on the full-depth exits only): what the exits at shallower depths
+  # cost the full-depth slices that the gaps are measured on.
+  [width_only_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=full_depth --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
   # Adaptive loss balancing (Hu et al.): each exit's weight times a mix of 1 and its inverse
   # running-mean loss.
   [uniform_eq_adaptive]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.adaptive_weight=0.5"
