@@ -41,6 +41,9 @@ def get_config(arg: str = "cifar10_cpu,plain"):
   # Trunk gradient equilibrium assumes channel-causal layers: the baselines train without it
   # (for the depth-only network it would rescale by depth alone, which BASE never measured).
   c.loss.trunk_gradient = "sum"
+  # The networks trained alone were trained with the shared head (for their one exit, or the
+  # depth-only network's full-width exits, the two heads compute the same family of maps).
+  c.model.exit_head = "shared"
   if width:
     c.model.num_groups = int(width[0])
   return c

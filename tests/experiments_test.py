@@ -30,13 +30,14 @@ def test_baseline_configs():
   assert plain.model.num_groups == 1
   depth_only = _BASELINE("tiny,depth_only")
   assert depth_only.loss.lambda_scheme == "full_width" and depth_only.model.num_groups == 2
-  for base in ("cifar10_cpu", "cifar10", "svhn"):  # Their DNNets train with trunk means; the
-    # non-causal baselines without (the measured ones were trained so).
-    assert load_config_file(os.path.join(ROOT, "configs", "x.py"), base)().loss.trunk_gradient \
-        == "mean"
+  for base in ("cifar10_cpu", "cifar10", "svhn"):  # Their DNNets train with trunk means and
+    # untied heads; the non-causal baselines without (the measured ones were trained so).
+    dnn = load_config_file(os.path.join(ROOT, "configs", "x.py"), base)()
+    assert (dnn.loss.trunk_gradient, dnn.model.exit_head) == ("mean", "untied")
     for kind in ("plain", "depth_only"):
       config = _BASELINE(f"{base},{kind}")
       assert config.loss.trunk_gradient == "sum" and config.loss.head_gradient == "mean"
+      assert config.model.exit_head == "shared"
 
 
 def test_figures_from_tiny_runs(tiny_config, tmp_path):
@@ -118,7 +119,7 @@ def test_shipped_model_selects_exports_and_counts_without_any_data(tmp_path):
   config.export.subnet = "D7W8"  # Outside the given 4-group grid, inside the checkpoint's.
   manifest = main.run(config, workdir, "export")
   assert manifest["subnet"] == "D7W8" and manifest["input"]["shape"] == [None, 32, 32, 3]
-  assert manifest["accuracy"] == pytest.approx(0.7962)  # eval/grid.json, D7W8.
+  assert manifest["accuracy"] == pytest.approx(0.7862)  # eval/grid.json, D7W8.
   config.resources.measure = False
   assert np.array(main.run(config, workdir, "resources")["macs"]).shape == (7, 8)
 
