@@ -49,7 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   # anchored (uniform, the full exit carrying half the total) |
   # final (full exit only: plain training) | full_width (depth-only anytime) |
   # full_depth (width-only) | sandwich (every depth alike; in it widths 1 and G a quarter
-  # each, the rest spread) | explicit (lambda_grid). Table: losses.LAMBDA_SCHEMES.
+  # each, the rest spread) | anchored_row (full exit half, the rest of the full-depth row a
+  # quarter, shallower exits a quarter) | row_half (full-depth row half, shallower exits
+  # half) | explicit (lambda_grid). Table: losses.LAMBDA_SCHEMES.
   l.lambda_scheme = "uniform"
   l.lambda_grid = ()  # explicit: depths x widths nested list of non-negative weights
   l.label_smoothing = 0.0

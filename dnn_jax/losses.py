@@ -62,11 +62,34 @@ def _explicit(cfg, depths, widths):
   return np.asarray(cfg.lambda_grid, np.float64)
 
 
+def _anchored_row(cfg, depths, widths):
+  """The full exit half of the total, the other full-depth exits a quarter together and the
+  exits at shallower depths a quarter together (shares 2 : 1 : 1, each spread evenly; a part
+  with no exits drops out): the full-depth slices weigh 7x more than under `anchored`."""
+  lam = np.zeros((depths, widths))
+  lam[-1, -1] = 2.0
+  if widths > 1:
+    lam[-1, :-1] = 1.0 / (widths - 1)
+  if depths > 1:
+    lam[:-1] = 1.0 / ((depths - 1) * widths)
+  return lam
+
+
+def _row_half(cfg, depths, widths):
+  """The full-depth exits half of the total and the exits at shallower depths the other half,
+  each half spread evenly."""
+  lam = np.zeros((depths, widths))
+  lam[-1] = 1.0 / widths
+  if depths > 1:
+    lam[:-1] = 1.0 / ((depths - 1) * widths)
+  return lam
+
+
 # loss.lambda_scheme -> lambda(d, c) as a function of (loss config, depths, widths).
 LAMBDA_SCHEMES: dict[str, Callable] = {
     "uniform": _uniform, "linear": _linear, "anchored": _anchored, "final": _final,
     "full_width": _full_width, "full_depth": _full_depth, "sandwich": _sandwich,
-    "explicit": _explicit,
+    "anchored_row": _anchored_row, "row_half": _row_half, "explicit": _explicit,
 }
 # loss.distill_teacher: whose detached prediction each exit learns (see joint_loss).
 DISTILL_TEACHERS = ("full_exit", "widest_at_depth", "next_wider")

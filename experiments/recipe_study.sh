@@ -38,6 +38,10 @@ declare -A recipes=(
   # Width-only nesting (lambda on the full-depth exits only): what the exits at shallower depths
   # cost the full-depth slices that the gaps are measured on.
   [width_only_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=full_depth --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
+  # More weight on the full-depth slices, keeping the shallower exits (the width-only
+  # diagnostic lifts width 1 by 5-8 points at 5 epochs, but trains no shallower exit).
+  [anchored_row_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored_row --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
+  [row_half_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_half --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
   # Adaptive loss balancing (Hu et al.): each exit's weight times a mix of 1 and its inverse
   # running-mean loss.
   [uniform_eq_adaptive]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.adaptive_weight=0.5"

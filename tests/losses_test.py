@@ -36,6 +36,14 @@ def test_lambda_schemes():
   np.testing.assert_array_equal(_lam("sandwich"), [[0.25, 0.25, 0.25, 0.25]] * 3)
   np.testing.assert_allclose(_lam("sandwich", 2, 6), [[0.25, 0.125, 0.125, 0.125, 0.125, 0.25]] * 2)
   np.testing.assert_array_equal(_lam("sandwich", 2, 2), np.ones((2, 2)))
+  lam = _lam("anchored_row")  # Shares 2 : 1 : 1 of full exit, rest of the row, shallower.
+  np.testing.assert_allclose(lam / lam.sum(), [[1 / 32] * 4] * 2 + [[1 / 12] * 3 + [1 / 2]],
+                             rtol=1e-6)
+  np.testing.assert_allclose(_lam("anchored_row", 1, 3), [[0.5, 0.5, 2]])  # No shallower exits.
+  np.testing.assert_allclose(_lam("anchored_row", 2, 1), [[1], [2]])  # No narrower exits.
+  lam = _lam("row_half")
+  np.testing.assert_allclose(lam / lam.sum(), [[1 / 16] * 4] * 2 + [[1 / 8] * 4], rtol=1e-6)
+  np.testing.assert_allclose(_lam("row_half", 1, 2), [[0.5, 0.5]])
   np.testing.assert_array_equal(_lam("explicit", 3, 2, ((0, 1), (2, 3), (4, 5))),
                                 np.arange(6).reshape(3, 2))
   assert all(_lam(s).dtype == np.float32 for s in losses.LAMBDA_SCHEMES if s != "explicit")
