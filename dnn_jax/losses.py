@@ -65,7 +65,8 @@ def _explicit(cfg, depths, widths):
 def _anchored_row(cfg, depths, widths):
   """The full exit half of the total, the other full-depth exits a quarter together and the
   exits at shallower depths a quarter together (shares 2 : 1 : 1, each spread evenly; a part
-  with no exits drops out): the full-depth slices weigh 7x more than under `anchored`."""
+  with no exits drops out). At 7 x 8 exits each narrower full-depth exit gets 1/28 of the
+  total (1/110 under `anchored`) and each shallower exit 1/192."""
   lam = np.zeros((depths, widths))
   lam[-1, -1] = 2.0
   if widths > 1:
