@@ -142,8 +142,9 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   proc = _start(workdir, "--config.train.num_steps=20")
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 2 and "no readable checkpoint in" in err, err
-  assert len(err.splitlines()) == 1, err  # Orbax's tracebacks went to the log:
-  assert "Traceback" in (tmp_path / "logs" / "train.log").read_text()
+  # Orbax's and asyncio's tracebacks, where their timing produced any, went to the log
+  # (main_test provokes them to show where they go).
+  assert len(err.splitlines()) == 1, err
   assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 2  # steps 10, 20
   proc = _start(workdir, "--config.train.num_steps=20")  # The same command again: still no.
   _, err = proc.communicate(timeout=300)

@@ -92,6 +92,33 @@ def test_cli_eval_without_a_checkpoint_fails_cleanly(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+def test_library_tracebacks_go_to_the_workdir_log_not_the_terminal(tmp_path):
+  """What Orbax's background threads and asyncio's closed loops raise reaches the log file
+  (whether a given run raises any is up to their timing, so this provokes both kinds)."""
+  snippet = f"""
+import gc, threading
+from absl import flags, logging
+from dnn_jax import main
+flags.FLAGS(["main"]); logging.use_absl_handler()  # What absl.app.run does before main.main.
+main._log_to_workdir({str(tmp_path)!r}, "train")
+def fail():
+  raise RuntimeError("thread failed")
+t = threading.Thread(target=fail, name="saver"); t.start(); t.join()
+class Bad:
+  def __del__(self):
+    raise RuntimeError("unraisable failed")
+Bad(); gc.collect()
+logging.flush()
+"""
+  result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+  assert result.returncode == 0 and result.stderr == "", result.stderr
+  log = (tmp_path / "logs" / "train.log").read_text()
+  assert "exception in thread saver" in log and "thread failed" in log, log
+  assert "unraisable exception" in log and "unraisable failed" in log, log
+  assert log.count("Traceback") == 2, log
+
+
 @pytest.mark.core
 def test_cli_trains_then_evaluates(tmp_path):
   own = "--xla_force_host_platform_device_count=1"
