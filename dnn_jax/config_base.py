@@ -51,9 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
   # full_depth (width-only) | sandwich (every depth alike; in it widths 1 and G a quarter
   # each, the rest spread) | anchored_row (full exit half, the rest of the full-depth row a
   # quarter, shallower exits a quarter) | row_half (full-depth row half, shallower exits
-  # half) | explicit (lambda_grid). Table: losses.LAMBDA_SCHEMES.
+  # half) | row_share (full-depth row 1 - shallow_share, shallower exits shallow_share) |
+  # explicit (lambda_grid). Table: losses.LAMBDA_SCHEMES.
   l.lambda_scheme = "uniform"
   l.lambda_grid = ()  # explicit: depths x widths nested list of non-negative weights
+  l.shallow_share = 0.5  # row_share: the shallower exits' share of the total, in [0, 1)
   l.label_smoothing = 0.0
   # Gradient of each head group: sum (as the joint loss gives it: 1/sum(lambda)-scaled) or
   # mean (rescaled to the lambda-weighted mean over the exits that read it); see

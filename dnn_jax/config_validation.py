@@ -114,6 +114,7 @@ def validate(config, device_count: int | None = None, check_paths: bool = True) 
              f"shape {grid.shape} does not match the exit grid ({depths} depths, {widths} widths)")
     _require(bool(np.all(grid >= 0)) and grid.sum() > 0, "loss.lambda_grid",
              "weights must be non-negative with a positive sum")
+  _require(0.0 <= l.shallow_share < 1.0, "loss.shallow_share", f"{l.shallow_share} not in [0, 1)")
   _require(0.0 <= l.label_smoothing < 1.0, "loss.label_smoothing",
            f"{l.label_smoothing} not in [0, 1)")
 

@@ -76,21 +76,37 @@ def _anchored_row(cfg, depths, widths):
   return lam
 
 
+def _rows(depths, widths, shallow_share):
+  """The full-depth exits 1 - shallow_share of the total, the exits at shallower depths
+  shallow_share, each part spread evenly (with one depth the row takes it all)."""
+  lam = np.zeros((depths, widths))
+  if depths == 1:
+    lam[-1] = 1.0 / widths
+    return lam
+  lam[-1] = (1.0 - shallow_share) / widths
+  lam[:-1] = shallow_share / ((depths - 1) * widths)
+  return lam
+
+
 def _row_half(cfg, depths, widths):
   """The full-depth exits half of the total and the exits at shallower depths the other half,
   each half spread evenly."""
-  lam = np.zeros((depths, widths))
-  lam[-1] = 1.0 / widths
-  if depths > 1:
-    lam[:-1] = 1.0 / ((depths - 1) * widths)
-  return lam
+  return _rows(depths, widths, 0.5)
+
+
+def _row_share(cfg, depths, widths):
+  """As row_half with the shallower exits' share `loss.shallow_share`. With untied heads and
+  head_gradient=mean every head still learns at its exit's full weight, so the share sets only
+  how much the trunk is shaped for the shallower exits (0: width-only trunk, probes for heads)."""
+  return _rows(depths, widths, cfg.shallow_share)
 
 
 # loss.lambda_scheme -> lambda(d, c) as a function of (loss config, depths, widths).
 LAMBDA_SCHEMES: dict[str, Callable] = {
     "uniform": _uniform, "linear": _linear, "anchored": _anchored, "final": _final,
     "full_width": _full_width, "full_depth": _full_depth, "sandwich": _sandwich,
-    "anchored_row": _anchored_row, "row_half": _row_half, "explicit": _explicit,
+    "anchored_row": _anchored_row, "row_half": _row_half, "row_share": _row_share,
+    "explicit": _explicit,
 }
 # loss.distill_teacher: whose detached prediction each exit learns (see joint_loss).
 DISTILL_TEACHERS = ("full_exit", "widest_at_depth", "next_wider")

@@ -38,6 +38,8 @@ def _run(workdir: str, before: dict | None = None) -> dict:
     from_config = {"seed": saved.seed, "causal": saved.model.causal,
                    "recipe": {f"{part}.{k}": saved[part][k]
                               for part, keys in RECIPE_FIELDS.items() for k in keys}}
+    if saved.loss.lambda_scheme == "row_share":  # (Configs saved before it lack the field.)
+      from_config["recipe"]["loss.shallow_share"] = saved.loss.shallow_share
   acc = np.array(grid["accuracy"])
   return {"full_depth_by_width": acc[-1].round(4).tolist(),
           "full_width_by_depth": acc[:, -1].round(4).tolist(),

@@ -42,6 +42,10 @@ declare -A recipes=(
   # diagnostic lifts width 1 by 5-8 points at 5 epochs, but trains no shallower exit).
   [anchored_row_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored_row --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
   [row_half_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_half --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
+  # The trunk shaped mostly for the full-depth row (15 epochs of width-only training: gaps
+  # 4.5-7.7 at widths 1-4), the shallower exits' heads still learning at full weight.
+  [row10_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_share --config.loss.shallow_share=0.1 --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
+  [row25_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_share --config.loss.shallow_share=0.25 --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
   # Adaptive loss balancing (Hu et al.): each exit's weight times a mix of 1 and its inverse
   # running-mean loss.
   [uniform_eq_adaptive]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.loss.adaptive_weight=0.5"

@@ -13,8 +13,9 @@ from dnn_jax import optimizer
 from dnn_jax.errors import ConfigError
 
 
-def _lam(scheme, depths=3, widths=4, grid=()):
-  cfg = ml_collections.ConfigDict({"lambda_scheme": scheme, "lambda_grid": grid})
+def _lam(scheme, depths=3, widths=4, grid=(), shallow_share=0.5):
+  cfg = ml_collections.ConfigDict({"lambda_scheme": scheme, "lambda_grid": grid,
+                                   "shallow_share": shallow_share})
   return losses.lambda_grid(cfg, depths, widths)
 
 
@@ -44,6 +45,10 @@ def test_lambda_schemes():
   lam = _lam("row_half")
   np.testing.assert_allclose(lam / lam.sum(), [[1 / 16] * 4] * 2 + [[1 / 8] * 4], rtol=1e-6)
   np.testing.assert_allclose(_lam("row_half", 1, 2), [[0.5, 0.5]])
+  np.testing.assert_array_equal(_lam("row_share"), _lam("row_half"))
+  lam = _lam("row_share", shallow_share=0.2)
+  np.testing.assert_allclose(lam / lam.sum(), [[0.025] * 4] * 2 + [[0.2] * 4], rtol=1e-6)
+  np.testing.assert_allclose(_lam("row_share", shallow_share=0.0), _lam("full_depth") / 4)
   np.testing.assert_array_equal(_lam("explicit", 3, 2, ((0, 1), (2, 3), (4, 5))),
                                 np.arange(6).reshape(3, 2))
   assert all(_lam(s).dtype == np.float32 for s in losses.LAMBDA_SCHEMES if s != "explicit")

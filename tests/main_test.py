@@ -37,6 +37,7 @@ BAD = [  # (overrides, the field the error must name)
     ({"loss.lambda_scheme": "explicit", "loss.lambda_grid": ((1.0, 1.0),)}, "loss.lambda_grid"),
     ({"loss.lambda_scheme": "explicit", "loss.lambda_grid": ((1, 1), (1, -1), (0, 0))},
      "loss.lambda_grid"),
+    ({"loss.shallow_share": 1.0}, "loss.shallow_share"),
     ({"train.learning_rate": -0.1}, "train.learning_rate"),
     ({"eval.batch_size": 6}, "eval.batch_size"),
     ({"data.eval_split": "train"}, "data.eval_split"),
