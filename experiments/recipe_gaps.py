@@ -4,7 +4,10 @@ alone at one width (RUNS/plain_w<k>), at full depth, one schedule length.
   python experiments/recipe_gaps.py RUNS OUT_PREFIX
   # e.g. runs/recipe5 results/cifar10_cpu/recipe_study_5ep -> OUT_PREFIX.{json,md,png}
 
-Each recipe's loss and optimizer fields are read from the config saved with its checkpoint.
+Each recipe's loss and optimizer fields are read from the config saved with its checkpoint,
+and with them which exits had weight in its loss: a gap is shown only for a full-depth exit
+that was trained, a grid mean only for a run that trained all its exits (diagnostics such as
+`lambda_scheme=final` or `full_depth` train some exits only).
 """
 
 import json
@@ -16,6 +19,7 @@ import numpy as np
 
 from dnn_jax import checkpointing
 from dnn_jax import files
+from dnn_jax import losses
 from dnn_jax import plots
 from dnn_jax import workdir as layout
 
@@ -31,8 +35,11 @@ def _run(workdir: str, before: dict | None = None) -> dict:
   grid = layout.read_eval_grid(workdir)
   summary = layout.read_json(layout.train_summary(workdir))
   saved = checkpointing.load_saved(workdir, required=before is None)
+  acc = np.array(grid["accuracy"])
   if saved is None:
     from_config = {k: before[k] for k in ("seed", "causal", "recipe")}
+    from_config["full_depth_trained"] = before.get("full_depth_trained", [True] * acc.shape[1])
+    from_config["all_exits_trained"] = before.get("all_exits_trained", True)
   else:
     saved = saved.config
     from_config = {"seed": saved.seed, "causal": saved.model.causal,
@@ -40,7 +47,9 @@ def _run(workdir: str, before: dict | None = None) -> dict:
                               for part, keys in RECIPE_FIELDS.items() for k in keys}}
     if saved.loss.lambda_scheme == "row_share":  # (Configs saved before it lack the field.)
       from_config["recipe"]["loss.shallow_share"] = saved.loss.shallow_share
-  acc = np.array(grid["accuracy"])
+    trained = losses.lambda_grid(saved.loss, *acc.shape) > 0
+    from_config["full_depth_trained"] = trained[-1].tolist()
+    from_config["all_exits_trained"] = bool(trained.all())
   return {"full_depth_by_width": acc[-1].round(4).tolist(),
           "full_width_by_depth": acc[:, -1].round(4).tolist(),
           "grid_mean": round(float(acc.mean()), 4), "full_exit": float(acc[-1, -1]),
@@ -70,13 +79,14 @@ def main(runs: str, out: str) -> dict:
     sys.exit(f"{runs}: no finished DNNet run")
   widths = len(next(iter(recipes.values()))["full_depth_by_width"])
   for r in recipes.values():
-    r["gap_by_width"] = [None if w + 1 not in alone else
+    r["gap_by_width"] = [None if w + 1 not in alone or not r["full_depth_trained"][w] else
                          round(alone[w + 1]["full_exit"] - r["full_depth_by_width"][w], 4)
                          for w in range(widths)]
   record = {"alone": {str(k): v for k, v in sorted(alone.items())}, "recipes": recipes}
   files.write_json(out + ".json", record)
 
-  order = sorted(recipes, key=lambda n: -recipes[n]["grid_mean"])
+  every = {n: r["all_exits_trained"] for n, r in recipes.items()}
+  order = sorted(recipes, key=lambda n: (not every[n], -recipes[n]["grid_mean"]))
   cols = " | ".join(str(w + 1) for w in range(widths))
   lines = [f"# Recipe study: full depth, accuracy (%) by width ({runs})", "",
            f"| run | grid mean | full depth, widths {cols} |", "|---" * (widths + 2) + "|"]
@@ -86,9 +96,11 @@ def main(runs: str, out: str) -> dict:
     lines.append(f"| plain_w{k} (trained alone at width {k}) | | " + " | ".join(cells) + " |")
   for n in order:
     r = recipes[n]
-    lines.append(f"| {n} | {100 * r['grid_mean']:.1f} | "
+    mean = f"{100 * r['grid_mean']:.1f}" if every[n] else "(not every exit trained)"
+    lines.append(f"| {n} | {mean} | "
                  + " | ".join(f"{100 * a:.1f}" for a in r["full_depth_by_width"]) + " |")
-  lines += ["", "Gap to the network trained alone at that width (points; blank: not trained):",
+  lines += ["", "Gap to the network trained alone at that width (points; blank: no network "
+            "trained alone at that width, or an exit without weight in the run's loss):",
             "", f"| run | {cols} |", "|---" * (widths + 1) + "|"]
   for n in order:
     lines.append(f"| {n} | " + " | ".join("" if g is None else f"{100 * g:.1f}"
@@ -106,8 +118,9 @@ def main(runs: str, out: str) -> dict:
   ax = fig.subplots()
   xs = [w for w in range(1, widths + 1) if w in alone]
   for n in order:
-    gaps = recipes[n]["gap_by_width"]
-    ax.plot(xs, [100 * gaps[w - 1] for w in xs], marker="o", label=n)
+    shown = [w for w in xs if recipes[n]["gap_by_width"][w - 1] is not None]
+    ax.plot(shown, [100 * recipes[n]["gap_by_width"][w - 1] for w in shown], marker="o",
+            label=n)
   ax.axhline(0, color="k", linewidth=0.8)
   ax.set_xlabel("width (channel groups), full depth")
   ax.set_ylabel("gap to the network trained alone (points)")

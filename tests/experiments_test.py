@@ -1,5 +1,6 @@
 """Baselines and figure commands on tiny runs (the real loop, shrunk)."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -71,6 +72,20 @@ def test_figures_from_tiny_runs(tiny_config, tmp_path):
     assert os.path.getsize(os.path.join(out, png)) > 1000
   assert np.isclose(f4["dnn"][-1], json.load(open(os.path.join(runs, "dnn", "eval",
                                                                 "grid.json")))["accuracy"][-1][-1])
+
+  # The recipe study's table: a gap only where an exit was trained (depth_only's loss weighs
+  # the full-width exits alone, so its width-1 exit at full depth has no gap, nor a grid mean).
+  spec = importlib.util.spec_from_file_location(
+      "recipe_gaps", os.path.join(ROOT, "experiments", "recipe_gaps.py"))
+  recipe_gaps = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe_gaps)
+  gaps = recipe_gaps.main(runs, os.path.join(out, "gaps"))["recipes"]
+  assert gaps["dnn"]["gap_by_width"][0] is not None and gaps["dnn"]["gap_by_width"][1] is not None
+  assert gaps["depth_only"]["gap_by_width"][0] is None
+  assert gaps["depth_only"]["gap_by_width"][1] is not None
+  table = open(os.path.join(out, "gaps.md")).read()
+  assert "| depth_only | (not every exit trained) |" in table
+  assert os.path.getsize(os.path.join(out, "gaps.png")) > 1000
 
 
 SHIPPED_MODEL = os.path.join(ROOT, "results", "cifar10_cpu", "model")
