@@ -23,8 +23,8 @@ below theirs, widths 4-8 5.2-6.6; full exit 78.0 / 78.0%; mean of the 56 sub-net
 46.8%. What it cost against the anchored weighting (full exit half the loss) shipped before:
 the full exit -0.6 / -0.8 points, the shallower exits less than half a point on average (up
 to -8 at narrow widths of depths 2-5), for +8.7 / +8.7 at width 1 and +5.0 / +3.9 on average
-over the full-depth widths. The full exit stays 4.3 points below the plain width-6 network of equal
-MACs: the channel-causal network trained for its full exit alone reaches 80.0%.
+over the full-depth widths. The full exit stays 4.3 points below the plain width-6 network
+of equal MACs: the channel-causal network trained for its full exit alone reaches 80.0%.
 """
 
 from dnn_jax.config_base import base_config

@@ -85,8 +85,8 @@ def main(runs: str, out: str) -> dict:
   record = {"alone": {str(k): v for k, v in sorted(alone.items())}, "recipes": recipes}
   files.write_json(out + ".json", record)
 
-  every = {n: r["all_exits_trained"] for n, r in recipes.items()}
-  order = sorted(recipes, key=lambda n: (not every[n], -recipes[n]["grid_mean"]))
+  order = sorted(recipes, key=lambda n: (not recipes[n]["all_exits_trained"],
+                                         -recipes[n]["grid_mean"]))
   cols = " | ".join(str(w + 1) for w in range(widths))
   lines = [f"# Recipe study: full depth, accuracy (%) by width ({runs})", "",
            f"| run | grid mean | full depth, widths {cols} |", "|---" * (widths + 2) + "|"]
@@ -96,7 +96,7 @@ def main(runs: str, out: str) -> dict:
     lines.append(f"| plain_w{k} (trained alone at width {k}) | | " + " | ".join(cells) + " |")
   for n in order:
     r = recipes[n]
-    mean = f"{100 * r['grid_mean']:.1f}" if every[n] else "(not every exit trained)"
+    mean = f"{100 * r['grid_mean']:.1f}" if r["all_exits_trained"] else "(not every exit trained)"
     lines.append(f"| {n} | {mean} | "
                  + " | ".join(f"{100 * a:.1f}" for a in r["full_depth_by_width"]) + " |")
   lines += ["", "Gap to the network trained alone at that width (points; blank: no network "
