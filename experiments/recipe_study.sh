@@ -60,6 +60,12 @@ declare -A recipes=(
   # The DNNet's own architecture trained alone on its full exit: what the causal masks cost
   # (56% of plain_w8's MACs) apart from any recipe; the bound for the full exit of a recipe.
   [causal_w8]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final"
+  # The slices' own architectures trained alone (the first K groups of the causal network):
+  # a slice's gap to plain_wK splits into what the masks cost (plain_wK - causal_wK) and what
+  # the joint training costs (causal_wK - the slice). causal_w1 would be plain_w1 itself.
+  [causal_w2]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final --config.model.num_groups=2"
+  [causal_w4]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final --config.model.num_groups=4"
+  [causal_w6]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final --config.model.num_groups=6"
   # Networks trained alone at one width (the gap's other side), same schedule.
   [plain_w1]="--config=configs/baseline.py:cifar10_cpu,plain,1"
   [plain_w2]="--config=configs/baseline.py:cifar10_cpu,plain,2"
