@@ -1,6 +1,11 @@
 """The recipe study's table and plot: every DNNet recipe of RUNS against the networks trained
 alone at one width (RUNS/plain_w<k>), at full depth, one schedule length.
 
+Where RUNS also holds a slice's own channel-causal network trained alone (RUNS/causal_w<k>: the
+first k groups of the DNNet's architecture, trained on its one exit), each gap is split in two:
+what the causal masks cost (plain_w<k> - causal_w<k>) and what the joint training costs
+(causal_w<k> - the slice). causal_w1 is plain_w1 itself (one group: nothing is masked).
+
   python experiments/recipe_gaps.py RUNS OUT_PREFIX
   # e.g. runs/recipe5 results/cifar10_cpu/recipe_study_5ep -> OUT_PREFIX.{json,md,png}
 
@@ -68,21 +73,32 @@ def main(runs: str, out: str) -> dict:
   if os.path.exists(out + ".json"):
     previous = layout.read_json(out + ".json")
     before = {**{f"plain_w{k}": v for k, v in previous["alone"].items()}, **previous["recipes"]}
-  alone, recipes = {}, {}
+    before.update({f"causal_w{k}": v for k, v in previous.get("causal_alone", {}).items()})
+  alone, causal_alone, recipes = {}, {}, {}
   for name, workdir in done.items():
-    m = re.fullmatch(r"plain_w(\d+)", name)
+    m = re.fullmatch(r"(plain|causal)_w(\d+)", name)
     if m:
-      alone[int(m.group(1))] = _run(workdir, before.get(name))
+      (alone if m[1] == "plain" else causal_alone)[int(m[2])] = _run(workdir, before.get(name))
     else:
       recipes[name] = _run(workdir, before.get(name))
   if not recipes:
     sys.exit(f"{runs}: no finished DNNet run")
   widths = len(next(iter(recipes.values()))["full_depth_by_width"])
+  if 1 in alone:  # One group has nothing to mask: the width-1 slice's own network is plain_w1.
+    causal_alone.setdefault(1, alone[1])
+
+  def gaps(r: dict, reference: dict) -> list:
+    return [None if w + 1 not in reference or not r["full_depth_trained"][w] else
+            round(reference[w + 1]["full_exit"] - r["full_depth_by_width"][w], 4)
+            for w in range(widths)]
+
   for r in recipes.values():
-    r["gap_by_width"] = [None if w + 1 not in alone or not r["full_depth_trained"][w] else
-                         round(alone[w + 1]["full_exit"] - r["full_depth_by_width"][w], 4)
-                         for w in range(widths)]
-  record = {"alone": {str(k): v for k, v in sorted(alone.items())}, "recipes": recipes}
+    r["gap_by_width"] = gaps(r, alone)
+    if len(causal_alone) > 1:
+      r["joint_training_gap_by_width"] = gaps(r, causal_alone)
+  record = {"alone": {str(k): v for k, v in sorted(alone.items())},
+            "causal_alone": {str(k): v for k, v in sorted(causal_alone.items()) if k > 1},
+            "recipes": recipes}
   files.write_json(out + ".json", record)
 
   order = sorted(recipes, key=lambda n: (not recipes[n]["all_exits_trained"],
@@ -94,6 +110,13 @@ def main(runs: str, out: str) -> dict:
     cells = ["" for _ in range(widths)]
     cells[k - 1] = f"{100 * v['full_exit']:.1f}"
     lines.append(f"| plain_w{k} (trained alone at width {k}) | | " + " | ".join(cells) + " |")
+  for k, v in sorted(causal_alone.items()):
+    if k == 1:
+      continue
+    cells = ["" for _ in range(widths)]
+    cells[k - 1] = f"{100 * v['full_exit']:.1f}"
+    lines.append(f"| causal_w{k} (the width-{k} slice's network trained alone) | | "
+                 + " | ".join(cells) + " |")
   for n in order:
     r = recipes[n]
     mean = f"{100 * r['grid_mean']:.1f}" if r["all_exits_trained"] else "(not every exit trained)"
@@ -105,28 +128,45 @@ def main(runs: str, out: str) -> dict:
   for n in order:
     lines.append(f"| {n} | " + " | ".join("" if g is None else f"{100 * g:.1f}"
                                           for g in recipes[n]["gap_by_width"]) + " |")
+  if len(causal_alone) > 1:
+    shown = [k for k in sorted(causal_alone)]
+    lines += ["", "What the causal masks cost (plain_wK - causal_wK, points): "
+              + ", ".join(f"width {k} {100 * (alone[k]['full_exit'] - causal_alone[k]['full_exit']):.1f}"
+                          for k in shown if k in alone and k > 1) + ".",
+              "", "What the joint training costs: gap to the slice's own channel-causal network "
+              "trained alone (causal_wK; causal_w1 = plain_w1; points):",
+              "", f"| run | {cols} |", "|---" * (widths + 1) + "|"]
+    for n in order:
+      lines.append(f"| {n} | " + " | ".join(
+          "" if g is None else f"{100 * g:.1f}"
+          for g in recipes[n]["joint_training_gap_by_width"]) + " |")
   lines += ["", "| run | recipe (saved config) | seed | steps | wall (s, last leg) |",
             "|---|---|---|---|---|"]
-  for n in order + [f"plain_w{k}" for k in sorted(alone)]:
-    r = recipes.get(n) or alone[int(n[7:])]
+  reference_runs = {**{f"plain_w{k}": v for k, v in alone.items()},
+                    **{f"causal_w{k}": v for k, v in causal_alone.items() if k > 1}}
+  for n in order + sorted(reference_runs, key=lambda n: (n[0], int(n.split("_w")[1]))):
+    r = recipes.get(n) or reference_runs[n]
     recipe = ", ".join(f"{k}={v}" for k, v in r["recipe"].items())
     lines.append(f"| {n} | {recipe} | {r['seed']} | {r['final_step']} | "
                  f"{r['wall_seconds_last_leg']:.0f} |")
   files.write_atomic(out + ".md", "\n".join(lines) + "\n")
 
-  fig = plots.figure(figsize=(7, 4.5))
-  ax = fig.subplots()
-  xs = [w for w in range(1, widths + 1) if w in alone]
-  for n in order:
-    shown = [w for w in xs if recipes[n]["gap_by_width"][w - 1] is not None]
-    ax.plot(shown, [100 * recipes[n]["gap_by_width"][w - 1] for w in shown], marker="o",
-            label=n)
-  ax.axhline(0, color="k", linewidth=0.8)
-  ax.set_xlabel("width (channel groups), full depth")
-  ax.set_ylabel("gap to the network trained alone (points)")
-  ax.set_xticks(xs)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  panels = [("gap_by_width", alone, "gap to the network trained alone (points)")]
+  if len(causal_alone) > 1:
+    panels.append(("joint_training_gap_by_width", causal_alone,
+                   "gap to the slice's causal network alone (points)"))
+  fig = plots.figure(figsize=(7 * len(panels), 4.5))
+  for ax, (key, reference, label) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+    xs = [w for w in range(1, widths + 1) if w in reference]
+    for n in order:
+      shown = [w for w in xs if recipes[n][key][w - 1] is not None]
+      ax.plot(shown, [100 * recipes[n][key][w - 1] for w in shown], marker="o", label=n)
+    ax.axhline(0, color="k", linewidth=0.8)
+    ax.set_xlabel("width (channel groups), full depth")
+    ax.set_ylabel(label)
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   plots.save(fig, out + ".png")
   print("\n".join(lines))
   return record

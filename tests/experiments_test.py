@@ -85,6 +85,23 @@ def test_figures_from_tiny_runs(tiny_config, tmp_path):
   assert gaps["depth_only"]["gap_by_width"][1] is not None
   table = open(os.path.join(out, "gaps.md")).read()
   assert "| depth_only | (not every exit trained) |" in table
+  assert "joint_training_gap_by_width" not in gaps["dnn"]  # No causal network alone yet.
+
+  # With the slice's own causal network trained alone (the tiny DNNet's 2 groups on its full
+  # exit), each gap splits: the width-1 slice's own network is plain_w1 (nothing to mask).
+  causal = tiny_config.copy_and_resolve_references()
+  causal.loss.lambda_scheme = "final"
+  _train(causal, os.path.join(runs, "causal_w2"))
+  record = recipe_gaps.main(runs, os.path.join(out, "gaps"))
+  assert set(record["causal_alone"]) == {"2"} and "causal_w2" not in record["recipes"]
+  dnn = record["recipes"]["dnn"]
+  for w, reference in ((0, record["alone"]["1"]), (1, record["causal_alone"]["2"])):
+    assert np.isclose(dnn["joint_training_gap_by_width"][w],
+                      reference["full_exit"] - dnn["full_depth_by_width"][w], atol=1e-4)
+  assert record["recipes"]["depth_only"]["joint_training_gap_by_width"][0] is None
+  table = open(os.path.join(out, "gaps.md")).read()
+  assert "| causal_w2 (the width-2 slice's network trained alone) |" in table
+  assert "What the causal masks cost (plain_wK - causal_wK, points): width 2 " in table
   assert os.path.getsize(os.path.join(out, "gaps.png")) > 1000
 
 
