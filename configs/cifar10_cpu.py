@@ -25,6 +25,8 @@ the full exit -0.6 / -0.8 points, the shallower exits less than half a point on 
 to -8 at narrow widths of depths 2-5), for +8.7 / +8.7 at width 1 and +5.0 / +3.9 on average
 over the full-depth widths. The full exit stays 4.3 points below the plain width-6 network
 of equal MACs: the channel-causal network trained for its full exit alone reaches 80.0%.
+The shipped model (results/cifar10_cpu/model) is this recipe at `train.num_epochs=30`: full
+exit 81.3%, width 1 at full depth 55.9%, mean of the 56 sub-networks 47.7% (seed 0).
 """
 
 from dnn_jax.config_base import base_config
