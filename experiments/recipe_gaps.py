@@ -84,8 +84,8 @@ def main(runs: str, out: str) -> dict:
   if not recipes:
     sys.exit(f"{runs}: no finished DNNet run")
   widths = len(next(iter(recipes.values()))["full_depth_by_width"])
-  if 1 in alone:  # One group has nothing to mask: the width-1 slice's own network is plain_w1.
-    causal_alone.setdefault(1, alone[1])
+  # One group has nothing to mask: the width-1 slice's own network is plain_w1.
+  slice_alone = {**({1: alone[1]} if 1 in alone else {}), **causal_alone}
 
   def gaps(r: dict, reference: dict) -> list:
     return [None if w + 1 not in reference or not r["full_depth_trained"][w] else
@@ -94,11 +94,15 @@ def main(runs: str, out: str) -> dict:
 
   for r in recipes.values():
     r["gap_by_width"] = gaps(r, alone)
-    if len(causal_alone) > 1:
-      r["joint_training_gap_by_width"] = gaps(r, causal_alone)
+    if causal_alone:
+      r["joint_training_gap_by_width"] = gaps(r, slice_alone)
   record = {"alone": {str(k): v for k, v in sorted(alone.items())},
-            "causal_alone": {str(k): v for k, v in sorted(causal_alone.items()) if k > 1},
+            "causal_alone": {str(k): v for k, v in sorted(causal_alone.items())},
             "recipes": recipes}
+  reference_runs = {**{f"causal_w{k}": (k, v, f"the width-{k} slice's network trained alone")
+                       for k, v in sorted(causal_alone.items())},
+                    **{f"plain_w{k}": (k, v, f"trained alone at width {k}")
+                       for k, v in sorted(alone.items())}}
   files.write_json(out + ".json", record)
 
   order = sorted(recipes, key=lambda n: (not recipes[n]["all_exits_trained"],
@@ -106,17 +110,11 @@ def main(runs: str, out: str) -> dict:
   cols = " | ".join(str(w + 1) for w in range(widths))
   lines = [f"# Recipe study: full depth, accuracy (%) by width ({runs})", "",
            f"| run | grid mean | full depth, widths {cols} |", "|---" * (widths + 2) + "|"]
-  for k, v in sorted(alone.items()):
+  for n in sorted(reference_runs, key=lambda n: n[0] == "c"):  # plain_w rows first.
+    k, v, what = reference_runs[n]
     cells = ["" for _ in range(widths)]
     cells[k - 1] = f"{100 * v['full_exit']:.1f}"
-    lines.append(f"| plain_w{k} (trained alone at width {k}) | | " + " | ".join(cells) + " |")
-  for k, v in sorted(causal_alone.items()):
-    if k == 1:
-      continue
-    cells = ["" for _ in range(widths)]
-    cells[k - 1] = f"{100 * v['full_exit']:.1f}"
-    lines.append(f"| causal_w{k} (the width-{k} slice's network trained alone) | | "
-                 + " | ".join(cells) + " |")
+    lines.append(f"| {n} ({what}) | | " + " | ".join(cells) + " |")
   for n in order:
     r = recipes[n]
     mean = f"{100 * r['grid_mean']:.1f}" if r["all_exits_trained"] else "(not every exit trained)"
@@ -128,11 +126,10 @@ def main(runs: str, out: str) -> dict:
   for n in order:
     lines.append(f"| {n} | " + " | ".join("" if g is None else f"{100 * g:.1f}"
                                           for g in recipes[n]["gap_by_width"]) + " |")
-  if len(causal_alone) > 1:
-    shown = [k for k in sorted(causal_alone)]
+  if causal_alone:
     lines += ["", "What the causal masks cost (plain_wK - causal_wK, points): "
-              + ", ".join(f"width {k} {100 * (alone[k]['full_exit'] - causal_alone[k]['full_exit']):.1f}"
-                          for k in shown if k in alone and k > 1) + ".",
+              + ", ".join(f"width {k} {100 * (alone[k]['full_exit'] - v['full_exit']):.1f}"
+                          for k, v in sorted(causal_alone.items()) if k in alone) + ".",
               "", "What the joint training costs: gap to the slice's own channel-causal network "
               "trained alone (causal_wK; causal_w1 = plain_w1; points):",
               "", f"| run | {cols} |", "|---" * (widths + 1) + "|"]
@@ -142,18 +139,16 @@ def main(runs: str, out: str) -> dict:
           for g in recipes[n]["joint_training_gap_by_width"]) + " |")
   lines += ["", "| run | recipe (saved config) | seed | steps | wall (s, last leg) |",
             "|---|---|---|---|---|"]
-  reference_runs = {**{f"plain_w{k}": v for k, v in alone.items()},
-                    **{f"causal_w{k}": v for k, v in causal_alone.items() if k > 1}}
-  for n in order + sorted(reference_runs, key=lambda n: (n[0], int(n.split("_w")[1]))):
-    r = recipes.get(n) or reference_runs[n]
+  for n in order + list(reference_runs):  # causal_w rows, then plain_w, each by width.
+    r = recipes[n] if n in recipes else reference_runs[n][1]
     recipe = ", ".join(f"{k}={v}" for k, v in r["recipe"].items())
     lines.append(f"| {n} | {recipe} | {r['seed']} | {r['final_step']} | "
                  f"{r['wall_seconds_last_leg']:.0f} |")
   files.write_atomic(out + ".md", "\n".join(lines) + "\n")
 
   panels = [("gap_by_width", alone, "gap to the network trained alone (points)")]
-  if len(causal_alone) > 1:
-    panels.append(("joint_training_gap_by_width", causal_alone,
+  if causal_alone:
+    panels.append(("joint_training_gap_by_width", slice_alone,
                    "gap to the slice's causal network alone (points)"))
   fig = plots.figure(figsize=(7 * len(panels), 4.5))
   for ax, (key, reference, label) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
