@@ -11,22 +11,24 @@ Recipe: SGD nesterov 0.9, batch 128, lr 0.1, 0.5 warm-up epochs then cosine, wei
 5e-4, crop + flip, 15 epochs (5,265 steps): about 23 minutes on an idle 2-core VM
 (BENCHMARKS.md, "Training speed of the CPU preset"), twice that with another job on the cores. The joint-loss recipe is
 chosen by measurement (results/cifar10_cpu/README.md, "Recipe study"): the row_share weighting
-(`loss.lambda_scheme` = "row_share", `loss.shallow_share` = 0.25: the 8 full-depth exits share
-3/4 of the loss evenly, the 48 shallower exits 1/4) with gradient equilibrium over the heads
+(`loss.lambda_scheme` = "row_share", `loss.shallow_share` = 0.35: the 8 full-depth exits share
+0.65 of the loss evenly, the 48 shallower exits 0.35) with gradient equilibrium over the heads
 and the trunk (each head's and each trunk kernel block's gradient rescaled to the
 lambda-weighted mean over the exits that read it: `loss.head_gradient` and
 `loss.trunk_gradient` = "mean"), and untied exit heads (`model.exit_head` = "untied": each
 width its own map of its groups; same MACs per sub-network, 110,256 instead of 101,856
-parameters in the whole model). At 15 epochs, seeds 0 / 1: width 1 at full depth 53.2 / 52.4%
-(4.4 / 5.2 points below a width-1 network trained alone), widths 2 and 3 6.3-9.0 points
-below theirs, widths 4-8 5.2-6.6; full exit 78.0 / 78.0%; mean of the 56 sub-networks 46.2 /
-46.8%. What it cost against the anchored weighting (full exit half the loss) shipped before:
-the full exit -0.6 / -0.8 points, the shallower exits less than half a point on average (up
-to -8 at narrow widths of depths 2-5), for +8.7 / +8.7 at width 1 and +5.0 / +3.9 on average
-over the full-depth widths. The full exit stays 4.3 points below the plain width-6 network
-of equal MACs: the channel-causal network trained for its full exit alone reaches 80.0%.
-The shipped model (results/cifar10_cpu/model) is this recipe at `train.num_epochs=30`: full
-exit 81.3%, width 1 at full depth 55.9%, mean of the 56 sub-networks 47.7% (seed 0).
+parameters in the whole model). At 15 epochs, seeds 0 / 1: width 1 at full depth 54.4 / 52.7%
+(3.2 / 4.9 points below a width-1 network trained alone), widths 2 and 3 5.7-6.9 points
+below theirs, widths 4-8 5.7-7.3; full exit 77.3 / 78.1%; mean of the 56 sub-networks 47.3 /
+48.8%. Against a share of 0.25 (shipped 2026-12-06 to 12-07): the 48 shallower exits +1.3 /
++2.1 points on average, the full-depth row -0.1 / +0.8, the full exit -0.7 / +0.1. Against the
+anchored weighting (full exit half the loss) shipped before that, width 1 gains 8.7 points and
+the full exit loses 0.6 / 0.8 (share 0.25). The full exit stays 5.0 / 4.2 points below the plain
+width-6 network of equal MACs: the channel-causal network trained for its full exit alone
+reaches 80.0%.
+The shipped model (results/cifar10_cpu/model) is the share-0.25 recipe at
+`train.num_epochs=30`: full exit 81.3%, width 1 at full depth 55.9%, mean of the 56
+sub-networks 47.7% (seed 0).
 """
 
 from dnn_jax.config_base import base_config
@@ -44,7 +46,7 @@ def get_config():
   c.model.channels_per_group = (2, 4, 8)
   c.model.blocks_per_stage = (2, 2, 2)
   c.loss.lambda_scheme = "row_share"
-  c.loss.shallow_share = 0.25
+  c.loss.shallow_share = 0.35
   c.loss.head_gradient = "mean"
   c.loss.trunk_gradient = "mean"
   c.model.exit_head = "untied"

@@ -35,7 +35,7 @@ def test_baseline_configs():
     # trunk means and untied heads; the non-causal baselines without (as the measured ones).
     dnn = load_config_file(os.path.join(ROOT, "configs", "x.py"), base)()
     assert (dnn.loss.trunk_gradient, dnn.model.exit_head) == ("mean", "untied")
-    assert (dnn.loss.lambda_scheme, dnn.loss.shallow_share) == ("row_share", 0.25)
+    assert (dnn.loss.lambda_scheme, dnn.loss.shallow_share) == ("row_share", 0.35)
     for kind in ("plain", "depth_only"):
       config = _BASELINE(f"{base},{kind}")
       assert config.loss.trunk_gradient == "sum" and config.loss.head_gradient == "mean"
