@@ -171,7 +171,7 @@ class _LazyLog:
 
 def _log_to_workdir(workdir: str, mode: str) -> None:
   """Library logs (Orbax's warnings and the tracebacks of its background threads, asyncio's
-  complaints, gcsfs's notes on gs:// paths) go to DIR/logs/<mode>.log, not the terminal: the
+  complaints, Python warnings, gcsfs's notes on gs:// paths) go to DIR/logs/<mode>.log, not the terminal: the
   user sees this program's own lines, and the log keeps the detail. For a gs:// DIR the log is
   a local file (workdir.logs_dir). A log that cannot be written (a full disk) is dropped: the
   run's own error line says what failed."""
@@ -189,6 +189,9 @@ def _log_to_workdir(workdir: str, mode: str) -> None:
                   exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
   threading.excepthook = log_thread_exception
   sys.unraisablehook = log_unraisable
+  # Python warnings too (this program prints none of its own): Orbax's abandoned coroutines
+  # ("coroutine ... was never awaited") after a failed restore, as their timing makes them.
+  std_logging.captureWarnings(True)
 
 
 def _exit_on_signals() -> None:

@@ -94,8 +94,9 @@ def test_cli_eval_without_a_checkpoint_fails_cleanly(tmp_path):
 
 
 def test_library_tracebacks_go_to_the_workdir_log_not_the_terminal(tmp_path):
-  """What Orbax's background threads and asyncio's closed loops raise reaches the log file
-  (whether a given run raises any is up to their timing, so this provokes both kinds)."""
+  """What Orbax's background threads and asyncio's closed loops raise, and the warnings of
+  its abandoned coroutines, reach the log file (whether a given run raises any is up to their
+  timing, so this provokes each kind)."""
   snippet = f"""
 import gc, threading
 from absl import flags, logging
@@ -109,6 +110,9 @@ class Bad:
   def __del__(self):
     raise RuntimeError("unraisable failed")
 Bad(); gc.collect()
+async def metadata():
+  pass
+metadata(); gc.collect()  # RuntimeWarning: coroutine 'metadata' was never awaited.
 logging.flush()
 """
   result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True,
@@ -117,6 +121,7 @@ logging.flush()
   log = (tmp_path / "logs" / "train.log").read_text()
   assert "exception in thread saver" in log and "thread failed" in log, log
   assert "unraisable exception" in log and "unraisable failed" in log, log
+  assert "coroutine 'metadata' was never awaited" in log, log
   assert log.count("Traceback") == 2, log
 
 
