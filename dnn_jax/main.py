@@ -171,10 +171,10 @@ class _LazyLog:
 
 def _log_to_workdir(workdir: str, mode: str) -> None:
   """Library logs (Orbax's warnings and the tracebacks of its background threads, asyncio's
-  complaints, Python warnings, gcsfs's notes on gs:// paths) go to DIR/logs/<mode>.log, not the terminal: the
-  user sees this program's own lines, and the log keeps the detail. For a gs:// DIR the log is
-  a local file (workdir.logs_dir). A log that cannot be written (a full disk) is dropped: the
-  run's own error line says what failed."""
+  complaints, Python warnings, gcsfs's notes on gs:// paths) go to DIR/logs/<mode>.log, not
+  the terminal: the user sees this program's own lines, and the log keeps the detail. For a
+  gs:// DIR the log is a local file (workdir.logs_dir). A log that cannot be written (a full
+  disk) is dropped: the run's own error line says what failed."""
   from dnn_jax import workdir as layout
   logging.get_absl_handler().python_handler.stream = _LazyLog(
       os.path.join(layout.logs_dir(workdir), f"{mode}.log"))
