@@ -48,6 +48,9 @@ declare -A recipes=(
   [row25_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_share --config.loss.shallow_share=0.25 --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
   # Between the shipped quarter and row_half: does the grid gain more than the full-depth row loses?
   [row35_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_share --config.loss.shallow_share=0.35 --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
+  # Half the loss on the 48 shallower exits (the grid rose from 0.25 to 0.35 on both seeds
+  # while the full-depth row held: has the trend levelled off?).
+  [row50_eq_untied]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_share --config.loss.shallow_share=0.5 --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied"
   # The shipped recipe with adaptive loss balancing on top (weights mixed half and half).
   [row25_eq_untied_adaptive]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_share --config.loss.shallow_share=0.25 --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied --config.loss.adaptive_weight=0.5"
   # Adaptive loss balancing (Hu et al.): each exit's weight times a mix of 1 and its inverse
