@@ -191,3 +191,40 @@ def test_resources_of_a_workdir_without_a_checkpoint_use_the_config(tmp_path, ti
   tiny_config.resources.measure = False
   record = main.run(tiny_config, str(tmp_path), "resources")
   assert np.array(record["macs"]).shape == models.grid_shape(tiny_config.model)
+
+
+def test_share_trend_splits_each_grid_into_its_full_depth_row_and_the_rest(tmp_path):
+  spec = importlib.util.spec_from_file_location(
+      "share_trend", os.path.join(ROOT, "experiments", "share_trend.py"))
+  share_trend = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(share_trend)
+  # A 3-depth x 2-width grid per run, as recipe_gaps.py records it.
+  grids = {"row30": np.array([[0.2, 0.3], [0.4, 0.5], [0.6, 0.9]]),
+           "row10": np.array([[0.1, 0.1], [0.3, 0.3], [0.7, 0.9]]),
+           "width_only": np.array([[0.1, 0.1], [0.1, 0.1], [0.8, 0.9]])}
+  schemes = {"row30": ("row_share", 0.3), "row10": ("row_share", 0.1),
+             "width_only": ("full_depth", None), "uniform": ("uniform", None)}
+  grids["uniform"] = grids["row30"]
+  recipes = {}
+  for name, (scheme, share) in schemes.items():
+    g = grids[name]
+    recipe = {"loss.lambda_scheme": scheme}
+    if share is not None:
+      recipe["loss.shallow_share"] = share
+    recipes[name] = {"recipe": recipe, "seed": 1, "full_depth_by_width": g[-1].tolist(),
+                     "full_width_by_depth": g[:, -1].tolist(), "grid_mean": float(g.mean()),
+                     "full_exit": float(g[-1, -1]), "all_exits_trained": scheme != "full_depth"}
+  table = tmp_path / "confirm.json"
+  table.write_text(json.dumps({"alone": {}, "recipes": recipes}))
+  points = share_trend.main(str(tmp_path / "trend"), [str(table)])["points"]
+  assert [(p["run"], p["share"]) for p in points] == [
+      ("width_only", 0.0), ("row10", 0.1), ("row30", 0.3)]  # Not uniform: no share.
+  row30 = points[2]
+  assert row30["row_mean"] == pytest.approx(0.75)
+  assert row30["shallower_mean"] == pytest.approx(np.mean([0.2, 0.3, 0.4, 0.5]))
+  assert points[0]["shallower_mean"] is None and points[0]["grid_mean"] is None
+  assert "| 1 | 0.30 | row30 (confirm.json) | 90.0 | 75.0 | 35.0 | 48.3 |" in (
+      tmp_path / "trend.md").read_text()
+  assert os.path.getsize(tmp_path / "trend.png") > 1000
+  with pytest.raises(SystemExit, match="no such table"):
+    share_trend.main(str(tmp_path / "trend"), [str(tmp_path / "missing.json")])
