@@ -60,6 +60,10 @@ declare -A recipes=(
   # Adaptive steps: AdamW (decoupled weight decay 0.05, lr 2e-3).
   [uniform_adamw]="${dnn[*]} ${base[*]} --config.loss.head_gradient=mean --config.train.optimizer=adamw --config.train.learning_rate=0.002 --config.train.weight_decay=0.05"
   [anchored_adamw]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=anchored --config.loss.head_gradient=mean --config.train.optimizer=adamw --config.train.learning_rate=0.002 --config.train.weight_decay=0.05"
+  # The shipped recipe with LAMB (Adam steps scaled per layer to the weights' norm), at two
+  # learning rates (decoupled weight decay 0.05 as for AdamW).
+  [row35_eq_untied_lamb1e2]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_share --config.loss.shallow_share=0.35 --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied --config.train.optimizer=lamb --config.train.learning_rate=0.01 --config.train.weight_decay=0.05"
+  [row35_eq_untied_lamb3e3]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=row_share --config.loss.shallow_share=0.35 --config.loss.head_gradient=mean --config.loss.trunk_gradient=mean --config.model.exit_head=untied --config.train.optimizer=lamb --config.train.learning_rate=0.003 --config.train.weight_decay=0.05"
   # The DNNet's own architecture trained alone on its full exit: what the causal masks cost
   # (56% of plain_w8's MACs) apart from any recipe; the bound for the full exit of a recipe.
   [causal_w8]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final"
