@@ -21,7 +21,9 @@ parameters in the whole model). At 15 epochs, seeds 0 / 1: width 1 at full depth
 (3.2 / 4.9 points below a width-1 network trained alone), widths 2 and 3 5.7-6.9 points
 below theirs, widths 4-8 5.7-7.3; full exit 77.3 / 78.1%; mean of the 56 sub-networks 47.3 /
 48.8%. Against a share of 0.25 (shipped 2026-12-06 to 12-07): the 48 shallower exits +1.3 /
-+2.1 points on average, the full-depth row -0.1 / +0.8, the full exit -0.7 / +0.1. Against the
++2.1 points on average, the full-depth row -0.1 / +0.8, the full exit -0.7 / +0.1. A share of
+0.5 lifts the grid mean further (+1.3 / +0.8) but costs the full-depth row 2.0 / 1.7 points
+and width 2 its <= 8 gap target: not shipped. Against the
 anchored weighting (full exit half the loss) shipped before that, width 1 gains 8.7 points and
 the full exit loses 0.6 / 0.8 (share 0.25). The full exit stays 5.0 / 4.2 points below the plain
 width-6 network of equal MACs: the channel-causal network trained for its full exit alone
