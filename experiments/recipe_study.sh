@@ -73,6 +73,12 @@ declare -A recipes=(
   [causal_w2]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final --config.model.num_groups=2"
   [causal_w4]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final --config.model.num_groups=4"
   [causal_w6]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final --config.model.num_groups=6"
+  # The mask cost against the number of groups at the full width's channels (16/32/64, as
+  # plain_w8 and causal_w8): 4 groups of 4/8/16 channels keep 10/16 of the kernel's weights,
+  # 2 groups of 8/16/32 keep 3/4 (8 groups: 36/64; plain_w8 is 1 group). Not slices of the
+  # 8-group DNNet: read their full exit from eval/grid.json, not with recipe_gaps.py.
+  [causal_g4]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final --config.model.num_groups=4 --config.model.channels_per_group=(4,8,16)"
+  [causal_g2]="${dnn[*]} ${base[*]} --config.loss.lambda_scheme=final --config.model.num_groups=2 --config.model.channels_per_group=(8,16,32)"
   # Networks trained alone at one width (the gap's other side), same schedule.
   [plain_w1]="--config=configs/baseline.py:cifar10_cpu,plain,1"
   [plain_w2]="--config=configs/baseline.py:cifar10_cpu,plain,2"
