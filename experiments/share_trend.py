@@ -6,9 +6,11 @@ study's tables (the JSON that `experiments/recipe_gaps.py` writes), one line per
   # e.g. results/cifar10_cpu/recipe_study/share_15ep confirm_15ep.json confirm_15ep_seed1.json
 
 A `full_depth` run (lambda on the full-depth row only) is the share 0: its shallower exits were
-never trained, so it has a row mean and a full exit but no shallower-exit or grid mean.
+never trained, so it has a row mean and a full exit but no shallower-exit or grid mean. Runs
+that differ from the others in any other recipe field (optimizer, head, ...) are left out.
 """
 
+import collections
 import os
 import sys
 
@@ -37,6 +39,27 @@ def _point(name: str, r: dict) -> dict | None:
   return point
 
 
+# What a point's share may change; every other recipe field is held at the runs' common value.
+_VARIED = ("loss.lambda_scheme", "loss.shallow_share")
+
+
+def _held_fixed(points: list[dict]) -> list[dict]:
+  """The points whose recipe agrees with the most common value of every field but the share
+  (a run with another optimizer or head at some share is another trend, not a point of this
+  one); the others are named and left out."""
+  fields = {k for p in points for k in p["recipe"]} - set(_VARIED)
+  common = {k: collections.Counter(repr(p["recipe"].get(k)) for p in points).most_common(1)[0][0]
+            for k in sorted(fields)}
+  kept = []
+  for p in points:
+    differs = [k for k, v in common.items() if repr(p["recipe"].get(k)) != v]
+    if differs:
+      print(f"left out {p['run']} ({p['table']}): differs in {', '.join(differs)}")
+    else:
+      kept.append(p)
+  return kept
+
+
 def main(out: str, tables: list[str]) -> dict:
   points = []
   for path in tables:
@@ -45,7 +68,8 @@ def main(out: str, tables: list[str]) -> dict:
     for name, r in layout.read_json(path)["recipes"].items():
       p = _point(name, r)
       if p is not None:
-        points.append({**p, "table": os.path.basename(path)})
+        points.append({**p, "table": os.path.basename(path), "recipe": r["recipe"]})
+  points = [{k: v for k, v in p.items() if k != "recipe"} for p in _held_fixed(points)]
   if not points:
     sys.exit(f"{', '.join(tables)}: no row_share or full_depth run")
   points.sort(key=lambda p: (p["seed"], p["share"]))

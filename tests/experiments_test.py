@@ -203,14 +203,17 @@ def test_share_trend_splits_each_grid_into_its_full_depth_row_and_the_rest(tmp_p
            "row10": np.array([[0.1, 0.1], [0.3, 0.3], [0.7, 0.9]]),
            "width_only": np.array([[0.1, 0.1], [0.1, 0.1], [0.8, 0.9]])}
   schemes = {"row30": ("row_share", 0.3), "row10": ("row_share", 0.1),
-             "width_only": ("full_depth", None), "uniform": ("uniform", None)}
-  grids["uniform"] = grids["row30"]
+             "width_only": ("full_depth", None), "uniform": ("uniform", None),
+             "row30_lamb": ("row_share", 0.3)}
+  grids["uniform"] = grids["row30_lamb"] = grids["row30"]
   recipes = {}
   for name, (scheme, share) in schemes.items():
     g = grids[name]
-    recipe = {"loss.lambda_scheme": scheme}
+    recipe = {"loss.lambda_scheme": scheme, "train.optimizer": "sgd"}
     if share is not None:
       recipe["loss.shallow_share"] = share
+    if name == "row30_lamb":  # Another optimizer: not a point of the share's trend.
+      recipe["train.optimizer"] = "lamb"
     recipes[name] = {"recipe": recipe, "seed": 1, "full_depth_by_width": g[-1].tolist(),
                      "full_width_by_depth": g[:, -1].tolist(), "grid_mean": float(g.mean()),
                      "full_exit": float(g[-1, -1]), "all_exits_trained": scheme != "full_depth"}
