@@ -7,9 +7,10 @@ DIR/data_cache), 5,000 of them held out as the validation split (fixed seed). JP
 are not the paper's CIFAR-10: numbers here are not comparable with the paper's.
 Model: 8 groups, 2/4/8 channels per group (16/32/64 channels, ResNet-20's widths), 2 blocks
 per stage: 7 depths x 8 widths = 56 sub-networks.
-Recipe: SGD nesterov 0.9, batch 128, lr 0.1, 0.5 warm-up epochs then cosine, weight decay
-5e-4, crop + flip, 15 epochs (5,265 steps): about 23 minutes on an idle 2-core VM
-(BENCHMARKS.md, "Training speed of the CPU preset"), twice that with another job on the cores. The joint-loss recipe is
+Recipe: SGD nesterov 0.9 (AdamW and LAMB were measured: both behind SGD at full depth), batch
+128, lr 0.1, 0.5 warm-up epochs then cosine, weight decay 5e-4, crop + flip, 15 epochs (5,265
+steps): about 23 minutes on an idle 2-core VM (BENCHMARKS.md, "Training speed of the CPU
+preset"), twice that with another job on the cores. The joint-loss recipe is
 chosen by measurement (results/cifar10_cpu/README.md, "Recipe study"): the row_share weighting
 (`loss.lambda_scheme` = "row_share", `loss.shallow_share` = 0.35: the 8 full-depth exits share
 0.65 of the loss evenly, the 48 shallower exits 0.35) with gradient equilibrium over the heads
