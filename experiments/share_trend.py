@@ -43,16 +43,16 @@ def _point(name: str, r: dict) -> dict | None:
 _VARIED = ("loss.lambda_scheme", "loss.shallow_share")
 
 
-def _held_fixed(points: list[dict]) -> list[dict]:
-  """The points whose recipe agrees with the most common value of every field but the share
-  (a run with another optimizer or head at some share is another trend, not a point of this
-  one); the others are named and left out."""
-  fields = {k for p in points for k in p["recipe"]} - set(_VARIED)
-  common = {k: collections.Counter(repr(p["recipe"].get(k)) for p in points).most_common(1)[0][0]
+def _held_fixed(candidates: list[tuple[dict, dict]]) -> list[dict]:
+  """The points (of (point, recipe) pairs) whose recipe agrees with the most common value of
+  every field but the share (a run with another optimizer or head at some share is another
+  trend, not a point of this one); the others are named and left out."""
+  fields = {k for _, recipe in candidates for k in recipe} - set(_VARIED)
+  common = {k: collections.Counter(repr(r.get(k)) for _, r in candidates).most_common(1)[0][0]
             for k in sorted(fields)}
   kept = []
-  for p in points:
-    differs = [k for k, v in common.items() if repr(p["recipe"].get(k)) != v]
+  for p, recipe in candidates:
+    differs = [k for k, v in common.items() if repr(recipe.get(k)) != v]
     if differs:
       print(f"left out {p['run']} ({p['table']}): differs in {', '.join(differs)}")
     else:
@@ -61,15 +61,15 @@ def _held_fixed(points: list[dict]) -> list[dict]:
 
 
 def main(out: str, tables: list[str]) -> dict:
-  points = []
+  candidates = []
   for path in tables:
     if not os.path.exists(path):
       sys.exit(f"{path}: no such table (write it with experiments/recipe_gaps.py)")
     for name, r in layout.read_json(path)["recipes"].items():
       p = _point(name, r)
       if p is not None:
-        points.append({**p, "table": os.path.basename(path), "recipe": r["recipe"]})
-  points = [{k: v for k, v in p.items() if k != "recipe"} for p in _held_fixed(points)]
+        candidates.append(({**p, "table": os.path.basename(path)}, r["recipe"]))
+  points = _held_fixed(candidates)
   if not points:
     sys.exit(f"{', '.join(tables)}: no row_share or full_depth run")
   points.sort(key=lambda p: (p["seed"], p["share"]))
